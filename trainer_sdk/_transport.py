@@ -1,0 +1,330 @@
+"""Background connection to the supervisor: nothing here runs on the training thread.
+
+Two daemon threads per session:
+
+* the connection thread opens the gRPC stream (creating the channel lazily, in
+  the process that uses it), reconnects with capped exponential backoff and full
+  jitter, and handles what the supervisor sends (Welcome, Delta, MetricsAck);
+* the pump thread drains the training thread's queue, numbers the points,
+  keeps them until the supervisor says they are stored, and sends points and
+  acknowledgements in batches.
+
+Points stay in ``unacked`` until a MetricsAck covers them, so a supervisor that
+dies before storing them gets them again after the reconnect (its Welcome says
+the last sequence number it has); the supervisor drops duplicates by sequence.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import queue
+import random
+import socket
+import threading
+import time
+from collections import deque
+from typing import Any
+
+import grpc
+
+from trainer_sdk import _wire
+from trainer_sdk._state import Delta, SessionState
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("trainer_sdk")
+
+MAX_POINTS_PER_MESSAGE = 512
+_CLOSE = object()
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's 'full jitter')."""
+
+    def __init__(self, initial: float = 0.05, maximum: float = 5.0, rng: random.Random | None = None) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.attempt = 0
+        self._rng = rng or random.Random()
+
+    def next(self) -> float:
+        ceiling = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        return self._rng.uniform(self.initial / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Transport:
+    def __init__(
+        self,
+        state: SessionState,
+        *,
+        address: str,
+        session_id: str,
+        token: str | None,
+        flush_interval: float,
+        backoff_max: float,
+    ) -> None:
+        self.state = state
+        self.address = address
+        self.session_id = session_id
+        self.flush_interval = flush_interval
+        self.backoff = Backoff(maximum=backoff_max)
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.connected = threading.Event()
+        self.stopping = threading.Event()
+        self._send_lock = threading.Lock()
+        self._outbox: queue.SimpleQueue[Any] | None = None
+        self._call: Any = None
+        self._seq = itertools.count(1)
+        self._unacked: deque[tuple[int, int, float, dict[str, float]]] = deque()
+        self._sent_seq = 0
+        self._stored_seq = 0
+        self._dropped = 0
+        self._warned_metrics: set[str] = set()
+        self._goodbye: pb.Goodbye | None = None
+        self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
+        self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
+
+    def start(self) -> None:
+        self._io.start()
+        self._pump.start()
+
+    # -- public views ----------------------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped + self.state.overflow
+
+    def flushed(self) -> bool:
+        """True when every point reported so far is stored by the supervisor."""
+        return not self.state.queue and not self._unacked
+
+    # -- pump thread -----------------------------------------------------------------
+
+    def _pump_loop(self) -> None:
+        state = self.state
+        while True:
+            state.pump_idle = True
+            if not state.queue and not state.acks:
+                state.wake.wait(1.0)
+            state.pump_idle = False
+            state.wake.clear()
+            try:
+                self._drain()
+                self._send()
+            except Exception:  # never let a bad point kill the pump
+                log.exception("trainer_sdk pump failed on a batch; continuing")
+            if self.stopping.is_set() and not state.queue:
+                return
+            time.sleep(self.flush_interval)
+
+    def _drain(self) -> None:
+        popleft = self.state.queue.popleft
+        unacked = self._unacked
+        capacity = self.state.buffer_size
+        while True:
+            try:
+                step, when, metrics = popleft()
+            except IndexError:
+                break
+            values = {}
+            for name, value in metrics.items():
+                number = self._to_float(name, value)
+                if number is not None:
+                    values[name] = number
+            with self._send_lock:
+                unacked.append((next(self._seq), int(step), when, values))
+                while len(unacked) > capacity:
+                    unacked.popleft()
+                    self._dropped += 1
+
+    def _to_float(self, name: str, value: Any) -> float | None:
+        if isinstance(value, str):
+            number = None
+        else:
+            try:
+                number = float(value)  # a tensor's .item() runs here, off the training thread
+            except (TypeError, ValueError, RuntimeError):
+                number = None
+        if number is None:
+            if name not in self._warned_metrics:
+                self._warned_metrics.add(name)
+                log.warning("metric %r: %r is not a number; dropping such values", name, value)
+            return None
+        if not math.isfinite(number) and ("nf:" + name) not in self._warned_metrics:
+            self._warned_metrics.add("nf:" + name)
+            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, self.state.last_step)
+        return number
+
+    def _send(self) -> None:
+        state = self.state
+        with self._send_lock:
+            outbox = self._outbox
+            if outbox is None:
+                return
+            while state.acks:
+                ack = state.acks.popleft()
+                outbox.put(pb.ConnectRequest(applied=pb.Applied(version=ack.version, step=ack.step, time=ack.time)))
+            unacked = self._unacked
+            if unacked:
+                start = max(0, self._sent_seq + 1 - unacked[0][0])
+                batch: list[pb.MetricPoint] = []
+                for seq, step, when, values in itertools.islice(unacked, start, None):
+                    batch.append(pb.MetricPoint(seq=seq, step=step, time=when, values=values))
+                    if len(batch) == MAX_POINTS_PER_MESSAGE:
+                        outbox.put(self._batch(batch))
+                        batch = []
+                if batch:
+                    outbox.put(self._batch(batch))
+                self._sent_seq = unacked[-1][0]
+            if self._goodbye is not None and not state.queue:
+                outbox.put(pb.ConnectRequest(goodbye=self._goodbye))
+                self._goodbye = None
+
+    def _batch(self, points: list[pb.MetricPoint]) -> pb.ConnectRequest:
+        return pb.ConnectRequest(metrics=pb.MetricBatch(points=points, dropped_total=self.dropped))
+
+    # -- connection thread -------------------------------------------------------------
+
+    def _connect_loop(self) -> None:
+        outage_logged = False
+        while not self.stopping.is_set():
+            channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            try:
+                stub = pb_grpc.TrainerServiceStub(channel)
+                call = stub.Connect(self._requests(outbox), metadata=self.metadata)
+                self._call = call
+                for response in call:
+                    kind = response.WhichOneof("message")
+                    if kind == "welcome":
+                        self._on_welcome(response.welcome, outbox)
+                        if outage_logged:
+                            log.info("reconnected to the supervisor at %s", self.address)
+                        outage_logged = False
+                        self.backoff.reset()
+                    elif kind == "delta":
+                        self._on_delta(response.delta)
+                    elif kind == "metrics_ack":
+                        self._on_metrics_ack(response.metrics_ack.seq)
+            except grpc.RpcError as exc:
+                if self.stopping.is_set():
+                    break
+                code = exc.code() if hasattr(exc, "code") else None
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
+                            grpc.StatusCode.PERMISSION_DENIED):
+                    log.error("the supervisor refused this session: %s; training continues offline",
+                              exc.details() if hasattr(exc, "details") else exc)
+                    self._disconnect(outbox)
+                    break
+                if not outage_logged:
+                    outage_logged = True
+                    log.warning(
+                        "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
+                        self.address, code.name if code else exc,
+                    )
+            except Exception:
+                log.exception("trainer_sdk connection failed unexpectedly; reconnecting")
+            finally:
+                self._disconnect(outbox)
+                channel.close()
+            if self.stopping.is_set():
+                break
+            self.stopping.wait(self.backoff.next())
+
+    def _requests(self, outbox: queue.SimpleQueue[Any]):
+        version, values = self.state.snapshot()
+        state = self.state
+        yield pb.ConnectRequest(
+            hello=pb.Hello(
+                run=state.run,
+                rank=state.rank,
+                world_size=state.world_size,
+                session_id=self.session_id,
+                params=[_wire.spec_to_wire(name, param) for name, param in state.params.items()],
+                values=_wire.values_to_wire(values),
+                version=version,
+                sdk_version=_sdk_version(),
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+            )
+        )
+        while (message := outbox.get()) is not _CLOSE:
+            yield message
+
+    def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
+        with self._send_lock:
+            unacked = self._unacked
+            while unacked and unacked[0][0] <= welcome.last_seq:
+                unacked.popleft()
+            self._stored_seq = max(self._stored_seq, welcome.last_seq)
+            self._sent_seq = welcome.last_seq  # resend everything after it
+            self._outbox = outbox
+        self.connected.set()
+        self.state.poke()
+
+    def _on_delta(self, message: pb.Delta) -> None:
+        self.state.receive(
+            Delta(
+                version=message.version,
+                changes=_wire.values_from_wire(message.changes),
+                trigger=message.trigger,
+                source=message.source,
+                reason=message.reason,
+                apply_at_step=message.apply_at_step if message.HasField("apply_at_step") else None,
+                time=message.time,
+            )
+        )
+
+    def _on_metrics_ack(self, seq: int) -> None:
+        with self._send_lock:
+            unacked = self._unacked
+            while unacked and unacked[0][0] <= seq:
+                unacked.popleft()
+            self._stored_seq = max(self._stored_seq, seq)
+
+    def _disconnect(self, outbox: queue.SimpleQueue[Any]) -> None:
+        with self._send_lock:
+            if self._outbox is outbox:
+                self._outbox = None
+        self.connected.clear()
+        outbox.put(_CLOSE)
+
+    # -- shutdown ------------------------------------------------------------------------
+
+    def close(self, outcome: int, timeout: float) -> bool:
+        """Flush, say goodbye, and stop; True if every point was stored in time."""
+        deadline = time.monotonic() + timeout
+        self._goodbye = pb.Goodbye(outcome=outcome)
+        self.state.poke()
+        while time.monotonic() < deadline and self.connected.is_set() and (
+            not self.flushed() or self._goodbye is not None
+        ):
+            time.sleep(0.01)
+        flushed = self.flushed()
+        self.stopping.set()
+        self.state.poke()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._pump.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        return flushed
+
+
+def _sdk_version() -> str:
+    from trainer_sdk import __version__
+
+    return __version__
