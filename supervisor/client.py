@@ -1,0 +1,79 @@
+"""A small synchronous client of the OperatorService, for the CLI and for scripts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import grpc
+
+from trainer_sdk import _wire
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def default_address() -> str:
+    return os.environ.get("SUPERVISOR_ADDR") or DEFAULT_ADDRESS
+
+
+class OperatorClient:
+    """``OperatorClient("127.0.0.1:50051").set("run", {"lr": 0.01}, wait=True)``.
+
+    Errors come back as grpc.RpcError with the server's message (which names
+    the parameter and the reason for a refused change).
+    """
+
+    def __init__(self, address: str | None = None, *, token: str | None = None, timeout: float = 10.0) -> None:
+        self.address = address or default_address()
+        self._channel = grpc.insecure_channel(self.address)
+        self._stub = pb_grpc.OperatorServiceStub(self._channel)
+        token = token or os.environ.get("SUPERVISOR_TOKEN")
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+    def runs(self, glob: str = "") -> list[pb.RunInfo]:
+        return list(self._stub.ListRuns(pb.ListRunsRequest(run_glob=glob), metadata=self._metadata,
+                                        timeout=self.timeout).runs)
+
+    def set(self, run: str, changes: Mapping[str, Any], *, reason: str = "", apply_at_step: int | None = None,
+            wait: bool = False, timeout: float = 30.0) -> pb.SetParamsResponse:
+        """Values may be typed or text (text is parsed by the server according to each parameter's type)."""
+        request = pb.SetParamsRequest(run=run, changes=_wire.values_to_wire(dict(changes)), reason=reason,
+                                      wait=wait, timeout_seconds=timeout)
+        if apply_at_step is not None:
+            request.apply_at_step = apply_at_step
+        return self._stub.SetParams(request, metadata=self._metadata, timeout=(timeout + self.timeout) if wait else self.timeout)
+
+    def trigger(self, run: str, name: str, *, reason: str = "") -> int:
+        return self._stub.FireTrigger(pb.FireTriggerRequest(run=run, name=name, reason=reason),
+                                      metadata=self._metadata, timeout=self.timeout).version
+
+    def release(self, run: str, names: list[str]) -> list[str]:
+        return list(self._stub.ReleaseParams(pb.ReleaseParamsRequest(run=run, names=names),
+                                             metadata=self._metadata, timeout=self.timeout).released)
+
+    def history(self, run: str) -> list[pb.HistoryEntry]:
+        return list(self._stub.GetHistory(pb.GetHistoryRequest(run=run), metadata=self._metadata,
+                                          timeout=self.timeout).entries)
+
+    def metrics(self, run: str, name: str = "", page_size: int = 10_000) -> Iterator[pb.StoredMetric]:
+        token = ""
+        while True:
+            page = self._stub.GetMetrics(pb.GetMetricsRequest(run=run, name=name, page_token=token, page_size=page_size),
+                                         metadata=self._metadata, timeout=self.timeout)
+            yield from page.points
+            token = page.next_page_token
+            if not token:
+                return

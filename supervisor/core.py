@@ -1,0 +1,391 @@
+"""The supervisor's behaviour, independent of gRPC: sessions, changes, acknowledgements, ingestion.
+
+Every method runs on the server's event loop. The servicers translate wire
+messages to these calls and SupervisorError subclasses to status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from supervisor.connections import IngestItem, IngestWriter, TrainerStream
+from supervisor.runs import RefusedChange, RunState, SupervisorError, UnknownRun, param_from_dict, param_to_dict
+from supervisor.storage import ChangeRow, Database, Store
+from trainer_sdk import _wire
+from trainer_sdk._params import Param
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+log = logging.getLogger("supervisor")
+
+SET = pb.CHANGE_KIND_SET
+TRIGGER = pb.CHANGE_KIND_TRIGGER
+ADOPT = pb.CHANGE_KIND_ADOPT
+
+
+class BadSession(SupervisorError):
+    """A trainer's Hello that cannot be accepted (maps to INVALID_ARGUMENT)."""
+
+
+class _NoMetrics:
+    """Stands in for the Prometheus export when it is off."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+class Supervisor:
+    def __init__(self, db: Database, *, metrics: Any = None) -> None:
+        self.db = db
+        self.metrics = metrics if metrics is not None else _NoMetrics()
+        self.runs: dict[str, RunState] = {}
+        self.policies: Any = None  # a PolicyHost, attached by the server when configured
+        self._create_lock = asyncio.Lock()
+        self.writer = IngestWriter(db, self._stored)
+
+    async def start(self) -> None:
+        for row in await self.db.read(Store.load_runs):
+            run = RunState(
+                id=row.id, name=row.name, created=row.created, world_size=row.world_size, version=row.version,
+                params={name: param_from_dict(spec) for name, spec in row.specs.items()}, values=row.values,
+                pinned=set(row.pinned), outcome=row.outcome, last_step=row.last_step, last_seen=row.last_seen,
+                points=row.points,
+            )
+            run.dropped_by_session[0] = row.dropped
+            self.runs[run.name] = run
+            self.metrics.set_param_values(run.name, run.values)
+        self.writer.start()
+
+    async def stop(self) -> None:
+        await self.writer.stop()
+
+    def get(self, name: str) -> RunState:
+        run = self.runs.get(name)
+        if run is None:
+            raise UnknownRun(name)
+        return run
+
+    # -- trainer sessions ------------------------------------------------------------------
+
+    async def open_session(self, hello: pb.Hello, peer: str) -> tuple[TrainerStream, RunState, list[pb.ConnectResponse]]:
+        """Register a trainer; return its stream, its run, and what to send it first (Welcome, deltas)."""
+        name = hello.run
+        if not name or len(name) > 200 or not name.isprintable():
+            raise BadSession(f"hello.run must be a non-empty printable name of at most 200 characters, got {name!r}")
+        if hello.world_size < 1 or not 0 <= hello.rank < hello.world_size:
+            raise BadSession(f"hello: rank {hello.rank} is not in [0, world_size={hello.world_size})")
+        if not hello.session_id:
+            raise BadSession("hello.session_id is empty")
+        params: dict[str, Param] = {}
+        for spec in hello.params:
+            if not spec.name or spec.name in params:
+                raise BadSession(f"hello.params: empty or repeated parameter name {spec.name!r}")
+            try:
+                params[spec.name] = _wire.spec_from_wire(spec)
+            except ValueError as exc:
+                raise BadSession(f"hello.params: {exc}") from None
+        values: dict[str, Any] = {}
+        for pname, param in params.items():
+            raw = _wire.value_from_wire(hello.values[pname]) if pname in hello.values else param.default
+            try:
+                values[pname] = param.check(raw, name=pname)
+            except ValueError as exc:
+                raise BadSession(f"hello.values: {exc}") from None
+        now = time.time()
+        adopted = False
+        send: list[pb.ConnectResponse] = []
+        async with self._create_lock:
+            run = self.runs.get(name)
+            if run is None:
+                run_id = await self.db.write(
+                    Store.create_run, name, world_size=hello.world_size,
+                    specs={n: param_to_dict(p) for n, p in params.items()}, values=values,
+                    version=hello.version, now=now,
+                )
+                run = RunState(id=run_id, name=name, created=now, world_size=hello.world_size,
+                               version=hello.version, params=params, values=values)
+                self.runs[name] = run
+                adopted = True
+                await self._record(run, version=hello.version or None, kind=ADOPT, source="trainer",
+                                   reason="run registered with the values its trainer is using",
+                                   changes={n: (None, v) for n, v in values.items()}, now=now)
+        async with run.lock:
+            if run is not None and not adopted:
+                adopted = await self._reconcile(run, hello, params, values, now)
+            session_key, last_seq, known = await self.db.write(Store.open_session, run.id, hello.rank, hello.session_id)
+            if hello.rank not in run.acked:
+                run.acked[hello.rank] = await self.db.read(Store.acked_version, run.id, hello.rank)
+            if hello.version <= run.version:
+                run.acked[hello.rank] = max(run.acked[hello.rank], hello.version)
+            stream = TrainerStream(run=name, rank=hello.rank, session_id=hello.session_id,
+                                   session_key=session_key, last_seq=last_seq, peer=peer, stored_seq=last_seq)
+            send.append(pb.ConnectResponse(welcome=pb.Welcome(version=run.version, last_seq=last_seq, adopted=adopted)))
+            if hello.version < run.version:
+                send.extend(await self._catch_up(run, hello.version, known))
+            run.streams.setdefault(hello.rank, set()).add(stream)
+            run.world_size = hello.world_size
+            run.outcome = 0
+            run.disconnected_at = None
+            run.last_seen = now
+        self.metrics.set_connected(name, run.connected_ranks)
+        self.metrics.set_param_values(name, run.values)
+        if self.policies is not None:
+            self.policies.run_connected(run)
+        log.info("trainer connected: run=%s rank=%d/%d version=%d peer=%s", name, hello.rank, hello.world_size,
+                 hello.version, peer)
+        return stream, run, send
+
+    async def _reconcile(self, run: RunState, hello: pb.Hello, params: dict[str, Param],
+                         values: dict[str, Any], now: float) -> bool:
+        """Bring a known run and a (re)connecting trainer into agreement; True if we adopted its values."""
+        # The trainer's declaration wins: it is what the code reads. Values the
+        # supervisor holds stay when the new declaration still accepts them.
+        if params != run.params:
+            merged: dict[str, Any] = {}
+            for pname, param in params.items():
+                try:
+                    merged[pname] = param.check(run.values[pname], name=pname) if pname in run.values else values[pname]
+                except ValueError:
+                    merged[pname] = values[pname]
+            run.params, run.values = params, merged
+            run.pinned &= set(params)
+            await self.db.write(Store.update_declaration, run.id, world_size=hello.world_size,
+                                specs={n: param_to_dict(p) for n, p in params.items()}, values=merged)
+        if hello.version > run.version or (hello.version == run.version and values != run.values and run.version == 0):
+            # The trainer is ahead (the supervisor lost state, or started on an empty
+            # database): keep what it is actually using instead of resetting it.
+            old = dict(run.values)
+            run.values = dict(values)
+            version = max(hello.version, run.version) if hello.version > run.version else None
+            await self._record(run, version=version, kind=ADOPT, source="trainer",
+                               reason=f"adopted the values trainer rank {hello.rank} is using (its version {hello.version})",
+                               changes={n: (old.get(n), v) for n, v in values.items() if old.get(n) != v},
+                               values=run.values, now=now)
+            return True
+        return False
+
+    async def _catch_up(self, run: RunState, version: int, known_session: bool) -> list[pb.ConnectResponse]:
+        if known_session:
+            # The same process reconnecting: replay what it missed, in order, with
+            # each delta's own step gate.
+            rows = await self.db.read(Store.history, run.id, after_version=version)
+            return [self._delta_message(row) for row in rows if row.version is not None]
+        # A new process for a known run: send the run's current values in one delta.
+        return [pb.ConnectResponse(delta=pb.Delta(
+            version=run.version, changes=_wire.values_to_wire(run.values), source="resync",
+            reason=f"restored run {run.name!r} at version {run.version}", time=time.time()))]
+
+    @staticmethod
+    def _delta_message(row: ChangeRow) -> pb.ConnectResponse:
+        delta = pb.Delta(version=row.version or 0, changes=_wire.values_to_wire({n: new for n, (_, new) in row.changes.items()}),
+                         trigger=row.trigger or "", source=row.source, reason=row.reason, time=row.time)
+        if row.apply_at_step is not None:
+            delta.apply_at_step = row.apply_at_step
+        return pb.ConnectResponse(delta=delta)
+
+    def close_session(self, stream: TrainerStream) -> None:
+        run = self.runs.get(stream.run)
+        if run is None:
+            return
+        streams = run.streams.get(stream.rank)
+        if streams is not None:
+            streams.discard(stream)
+        if not run.connected:
+            run.disconnected_at = time.time()
+            if self.policies is not None:
+                self.policies.run_disconnected(run)
+            if run.outcome:
+                self.metrics.run_finished(run.name)
+        self.metrics.set_connected(run.name, run.connected_ranks)
+        log.info("trainer disconnected: run=%s rank=%d", stream.run, stream.rank)
+
+    async def goodbye(self, stream: TrainerStream, outcome: int) -> None:
+        run = self.get(stream.run)
+        run.outcome = outcome
+        await self.db.write(Store.set_outcome, run.id, outcome)
+        if self.policies is not None:
+            self.policies.run_finished(run, outcome)
+
+    # -- metrics ---------------------------------------------------------------------------
+
+    async def ingest(self, stream: TrainerStream, batch: pb.MetricBatch) -> None:
+        run = self.runs[stream.run]
+        points = batch.points
+        if points and points[0].seq <= stream.last_seq:
+            points = [p for p in points if p.seq > stream.last_seq]  # a resend after reconnecting
+        now = time.time()
+        run.last_seen = now
+        if not points:
+            return
+        for previous, point in zip(points, points[1:]):
+            if point.seq <= previous.seq:
+                raise BadSession(f"metric seq must increase within a batch: {previous.seq} then {point.seq}")
+        stream.last_seq = points[-1].seq
+        run.dropped_by_session[stream.session_key] = batch.dropped_total
+        non_finite = 0
+        for point in points:
+            values = point.values
+            run.latest.update(values)
+            run.remember(point.step, values)
+            for value in values.values():
+                if not math.isfinite(value):
+                    non_finite += 1
+            if point.step > run.last_step:
+                run.last_step = point.step
+                run.step_times.append((now, point.step))
+        run.points += len(points)
+        if non_finite:
+            self.metrics.record_error("non_finite_metric")
+        self.metrics.add_points(run.name, len(points))
+        self.metrics.set_dropped(run.name, run.dropped)
+        self.metrics.set_latest_metrics(run.name, run.latest)
+        await self.writer.submit(IngestItem(run.id, run.name, stream, batch.dropped_total, points))
+
+    async def _stored(self, items: list[IngestItem]) -> None:
+        for item in items:
+            stream = item.stream
+            seq = item.points[-1].seq
+            if seq > stream.stored_seq:
+                stream.stored_seq = seq
+                stream.send(pb.ConnectResponse(metrics_ack=pb.MetricsAck(seq=seq)))
+        if self.policies is not None:
+            for item in items:
+                run = self.runs.get(item.run)
+                if run is not None:
+                    self.policies.observe(run, item.points)
+
+    # -- changes ---------------------------------------------------------------------------
+
+    async def set_params(self, name: str, requested: dict[str, Any], *, reason: str, source: str = "operator",
+                         apply_at_step: int | None = None, pin: bool = True) -> tuple[int, dict[str, Any]]:
+        """Validate, record durably, then send one atomic change. Returns (version, old values)."""
+        run = self.get(name)
+        if apply_at_step is not None and apply_at_step < 0:
+            raise RefusedChange(f"apply_at_step must be >= 0, got {apply_at_step}")
+        async with run.lock:
+            changes = run.validate(requested)
+            old = {n: run.values.get(n) for n in changes}
+            version = run.version + 1
+            pinned = run.pinned | set(changes) if pin else None
+            await self._record(run, version=version, kind=SET, source=source, reason=reason,
+                               changes={n: (old[n], v) for n, v in changes.items()},
+                               apply_at_step=apply_at_step, values={**run.values, **changes}, pinned=pinned)
+        return version, old
+
+    async def fire_trigger(self, name: str, trigger: str, *, reason: str, source: str = "operator",
+                           apply_at_step: int | None = None) -> int:
+        run = self.get(name)
+        if not trigger or not trigger.isprintable() or len(trigger) > 100:
+            raise RefusedChange(f"trigger name must be non-empty printable text of at most 100 characters, got {trigger!r}")
+        async with run.lock:
+            version = run.version + 1
+            await self._record(run, version=version, kind=TRIGGER, source=source, reason=reason, changes={},
+                               trigger=trigger, apply_at_step=apply_at_step)
+        return version
+
+    async def release(self, name: str, params: Iterable[str]) -> list[str]:
+        run = self.get(name)
+        names = list(params)
+        for pname in names:
+            if pname not in run.params:
+                raise RefusedChange(f"{pname}: run {name!r} has no parameter {pname!r}")
+        async with run.lock:
+            released = sorted(run.pinned & set(names)) if names else sorted(run.pinned)
+            if released:
+                run.pinned -= set(released)
+                await self._record(run, version=None, kind=pb.CHANGE_KIND_RELEASE, source="operator",
+                                   reason="released " + ", ".join(released) + " to policies", changes={},
+                                   pinned=run.pinned)
+        return released
+
+    async def record_unsent(self, run: RunState, *, kind: int, source: str, reason: str,
+                            changes: dict[str, tuple[Any, Any]], trigger: str | None = None) -> None:
+        """A history entry that changes nothing: a proposal, a refusal, a policy error."""
+        await self._record(run, version=None, kind=kind, source=source, reason=reason, changes=changes,
+                           trigger=trigger)
+
+    async def _record(self, run: RunState, *, version: int | None, kind: int, source: str, reason: str,
+                      changes: dict[str, tuple[Any, Any]], trigger: str | None = None,
+                      apply_at_step: int | None = None, values: dict[str, Any] | None = None,
+                      pinned: set[str] | None = None, now: float | None = None) -> None:
+        """Persist first; only then update memory and tell the trainers."""
+        now = time.time() if now is None else now
+        await self.db.write(Store.record_change, run.id, version=version, kind=kind, source=source,
+                            reason=reason, changes=changes, trigger=trigger, apply_at_step=apply_at_step,
+                            step=run.last_step, now=now, values=values, pinned=pinned)
+        if pinned is not None:
+            run.pinned = set(pinned)
+        if version is None:
+            return
+        run.version = version
+        if values is not None:
+            run.values = values
+        if kind in (SET, TRIGGER):
+            delta = pb.Delta(version=version, changes=_wire.values_to_wire({n: new for n, (_, new) in changes.items()}),
+                             trigger=trigger or "", source=source, reason=reason, time=now)
+            if apply_at_step is not None:
+                delta.apply_at_step = apply_at_step
+            message = pb.ConnectResponse(delta=delta)
+            for streams in run.streams.values():
+                for stream in streams:
+                    stream.send(message)
+            if changes:
+                self.metrics.record_change(run.name, list(changes), source, now)
+                self.metrics.set_param_values(run.name, run.values)
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    async def applied(self, stream: TrainerStream, message: pb.Applied) -> None:
+        run = self.runs[stream.run]
+        previous = run.acked.get(stream.rank, 0)
+        if message.version <= previous or message.version > run.version:
+            return
+        run.acked[stream.rank] = message.version
+        now = time.time()
+        newly = await self.db.write(Store.record_acks, run.id, stream.rank, after=previous, up_to=message.version,
+                                    step=message.step, when=message.time or now)
+        for _, recorded in newly:
+            self.metrics.record_ack(run.name, max(0.0, now - recorded))
+        self._wake_waiters(run)
+
+    def _wake_waiters(self, run: RunState) -> None:
+        acked = run.acked_version() if run.connected else 0
+        remaining = []
+        for version, future in run.waiters:
+            if future.done():
+                continue
+            if run.connected and acked >= version:
+                future.set_result(None)
+            else:
+                remaining.append((version, future))
+        run.waiters = remaining
+
+    async def wait_acknowledged(self, name: str, version: int, timeout: float) -> bool:
+        """Wait until every connected rank of the run applied ``version``."""
+        run = self.get(name)
+        if run.connected and run.acked_version() >= version:
+            return True
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        run.waiters.append((version, future))
+        try:
+            await asyncio.wait_for(future, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    # -- queries -------------------------------------------------------------------------------
+
+    def list_runs(self, glob: str = "") -> list[RunState]:
+        return [run for name, run in sorted(self.runs.items()) if run.matches(glob)]
+
+    async def history(self, name: str) -> list[ChangeRow]:
+        run = self.get(name)
+        return await self.db.read(Store.history, run.id)
+
+    async def metric_page(self, name: str, metric: str, after: int, limit: int) -> tuple[list[Any], int]:
+        run = self.get(name)
+        return await self.db.read(Store.metrics, run.id, name=metric, after=after, limit=limit)

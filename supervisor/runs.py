@@ -1,0 +1,151 @@
+"""In-memory state of each run, and validation of requested changes.
+
+The asyncio thread owns these objects: nothing else mutates them, so they need
+no locks (a per-run asyncio.Lock orders changes so versions never race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from trainer_sdk import Bool, Choice, Float, Int, InvalidValue, Param, Text
+
+if TYPE_CHECKING:
+    from supervisor.connections import TrainerStream
+
+HISTORY_PER_METRIC = 1_000
+"""Recent (step, value) pairs kept per metric and run for policies."""
+
+
+class SupervisorError(Exception):
+    """Base of errors a request can get; each maps to one gRPC status code."""
+
+
+class UnknownRun(SupervisorError):
+    def __init__(self, run: str) -> None:
+        super().__init__(f"unknown run {run!r}: `supervisor runs` lists the runs this supervisor knows")
+
+
+class RefusedChange(SupervisorError):
+    """A change that fails validation; nothing is recorded or sent."""
+
+
+def param_to_dict(param: Param) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": param.kind, "default": param.default}
+    if isinstance(param, Float | Int):
+        out["min"], out["max"] = param.min, param.max
+    if isinstance(param, Float):
+        out["log"] = param.log
+    if isinstance(param, Choice):
+        out["choices"] = list(param.choices)
+    return out
+
+
+def param_from_dict(spec: dict[str, Any]) -> Param:
+    kind = spec["kind"]
+    if kind == "float":
+        return Float(spec["default"], min=spec.get("min"), max=spec.get("max"), log=spec.get("log", False))
+    if kind == "int":
+        return Int(spec["default"], min=spec.get("min"), max=spec.get("max"))
+    if kind == "bool":
+        return Bool(spec["default"])
+    if kind == "choice":
+        return Choice(spec["default"], choices=spec["choices"])
+    return Text(spec["default"])
+
+
+@dataclass(eq=False)
+class RunState:
+    id: int
+    name: str
+    created: float
+    world_size: int
+    version: int
+    params: dict[str, Param]
+    values: dict[str, Any]
+    pinned: set[str] = field(default_factory=set)
+    outcome: int = 0
+    last_step: int = -1
+    last_seen: float = 0.0
+    points: int = 0
+    dropped_by_session: dict[int, int] = field(default_factory=dict)
+    latest: dict[str, float] = field(default_factory=dict)
+    streams: dict[int, set[TrainerStream]] = field(default_factory=dict)
+    acked: dict[int, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
+    step_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    metric_history: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
+    disconnected_at: float | None = None
+
+    # -- connection view --------------------------------------------------------------
+
+    @property
+    def connected_ranks(self) -> int:
+        return sum(1 for streams in self.streams.values() if streams)
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_ranks > 0
+
+    @property
+    def dropped(self) -> int:
+        return sum(self.dropped_by_session.values())
+
+    def acked_version(self) -> int:
+        """Highest version every connected rank has applied (of all ranks, when none is connected)."""
+        ranks = [rank for rank, streams in self.streams.items() if streams]
+        if ranks:
+            return min(self.acked.get(rank, 0) for rank in ranks)
+        return max(self.acked.values(), default=0)
+
+    def step_rate(self, now: float | None = None) -> float:
+        if len(self.step_times) < 2:
+            return 0.0
+        (t0, s0), (t1, s1) = self.step_times[0], self.step_times[-1]
+        now = time.time() if now is None else now
+        if now - t1 > 10 or t1 <= t0:
+            return 0.0
+        return (s1 - s0) / (t1 - t0)
+
+    def matches(self, glob: str) -> bool:
+        return not glob or fnmatch.fnmatchcase(self.name, glob)
+
+    # -- metric history for policies ----------------------------------------------------
+
+    def remember(self, step: int, values: Any) -> None:
+        history = self.metric_history
+        for name, value in values.items():
+            series = history.get(name)
+            if series is None:
+                series = history[name] = deque(maxlen=HISTORY_PER_METRIC)
+            series.append((step, value))
+
+    def history(self, metric: str, last: int | None = None) -> list[tuple[int, float]]:
+        series = list(self.metric_history.get(metric, ()))
+        return series if last is None else series[-last:]
+
+    # -- validation ---------------------------------------------------------------------
+
+    def validate(self, requested: dict[str, Any]) -> dict[str, Any]:
+        """Coerce every requested value with its parameter, or refuse the whole change."""
+        if not requested:
+            raise RefusedChange(f"run {self.name!r}: a change needs at least one NAME=VALUE")
+        changes: dict[str, Any] = {}
+        for name, value in requested.items():
+            param = self.params.get(name)
+            if param is None:
+                known = ", ".join(sorted(self.params)) or "none"
+                raise RefusedChange(f"{name}: run {self.name!r} has no parameter {name!r} (it declares: {known})")
+            if value is None:
+                raise RefusedChange(f"{name}: no value given")
+            try:
+                changes[name] = param.check(value, name=name)
+            except InvalidValue as exc:
+                raise RefusedChange(str(exc)) from None
+        return changes

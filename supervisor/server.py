@@ -1,0 +1,146 @@
+"""Building and running the supervisor's gRPC server."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from supervisor.core import Supervisor
+from supervisor.services import OperatorService, TrainerService
+from supervisor.storage import Database
+from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+log = logging.getLogger("supervisor")
+
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+"""Largest message accepted; a trainer batches at most 512 points per message, far below it."""
+
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 20_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.so_reuseport", 0),
+]
+
+
+@dataclass(kw_only=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    db: Path = Path("supervisor.db")
+    token: str | None = None
+    metrics_host: str | None = None
+    metrics_port: int | None = None
+    policy_config: Path | None = None
+
+
+class TokenAuth(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call but health checks."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong token: set SUPERVISOR_TOKEN (or --token) to the server's token")
+
+        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation: Callable[..., Any], details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                supplied = value.encode() if isinstance(value, str) else value
+                if hmac.compare_digest(supplied, self._expected):
+                    return await continuation(details)
+        return self._deny_stream if details.method.endswith("/Connect") else self._deny_unary
+
+
+class SupervisorServer:
+    """The process's parts, started and stopped together."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.db = Database(config.db)
+        self.metrics: Any = None
+        self.metrics_address: tuple[str, int] | None = None
+        if config.metrics_port is not None:
+            from supervisor.observability import SupervisorMetrics
+
+            self.metrics = SupervisorMetrics()
+        self.core = Supervisor(self.db, metrics=self.metrics)
+        self.policy_host: Any = None
+        if config.policy_config is not None:
+            from supervisor.policy_host import PolicyHost
+
+            self.policy_host = PolicyHost.from_file(config.policy_config, self.core)
+        interceptors = [TokenAuth(config.token)] if config.token else []
+        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+        pb_grpc.add_TrainerServiceServicer_to_server(TrainerService(self.core), self.server)
+        pb_grpc.add_OperatorServiceServicer_to_server(OperatorService(self.core), self.server)
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot listen on {config.host}:{config.port}")
+
+    async def start(self) -> None:
+        await self.core.start()
+        if self.policy_host is not None:
+            await self.policy_host.start()
+        if self.metrics is not None:
+            self.metrics_address = self.metrics.serve(self.config.metrics_host or self.config.host,
+                                                      self.config.metrics_port or 0)
+        await self.server.start()
+        await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float = 2.0) -> None:
+        await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        if self.policy_host is not None:
+            await self.policy_host.stop()
+        await self.core.stop()
+        self.db.close()
+
+
+async def _set_health(servicer: Any, status: int) -> None:
+    for service in ("", "trainer_sdk.protocol.v1.TrainerService", "trainer_sdk.protocol.v1.OperatorService"):
+        result = servicer.set(service, status)
+        if asyncio.iscoroutine(result):
+            await result
+
+
+async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], None] | None = None) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    server = SupervisorServer(config)
+    await server.start()
+    print(f"listening on {config.host}:{server.port}", flush=True)
+    if server.metrics_address is not None:
+        host, port = server.metrics_address
+        print(f"metrics on http://{host}:{port}/metrics", flush=True)
+    if ready is not None:
+        ready(server)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    print("stopped", file=sys.stderr, flush=True)

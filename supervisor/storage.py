@@ -1,0 +1,407 @@
+"""SQLite persistence: runs, parameter specs, every change, acknowledgements, every metric point.
+
+The supervisor is the only writer (trainers talk gRPC, never SQLite), which
+avoids "database is locked" entirely. WAL lets the read connection answer
+queries while the writer commits. A change is committed with
+``synchronous=FULL`` before it is sent to any trainer; metric batches use
+``NORMAL``, which survives a killed process (the case that matters here) and
+loses at most the last commits on power loss, which trainers then resend.
+
+All methods are synchronous; the server calls them from one writer thread and
+one reader thread (see ``Database``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL,
+    world_size INTEGER NOT NULL DEFAULT 1,
+    version INTEGER NOT NULL DEFAULT 0,
+    specs TEXT NOT NULL,
+    vals TEXT NOT NULL,
+    pinned TEXT NOT NULL DEFAULT '[]',
+    outcome INTEGER NOT NULL DEFAULT 0,
+    last_step INTEGER NOT NULL DEFAULT -1,
+    last_seen REAL NOT NULL DEFAULT 0,
+    points INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    version INTEGER,
+    time REAL NOT NULL,
+    kind INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    body TEXT NOT NULL,
+    trigger_name TEXT,
+    apply_at_step INTEGER,
+    step INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_run ON changes(run_id, id);
+CREATE UNIQUE INDEX IF NOT EXISTS changes_by_version ON changes(run_id, version) WHERE version IS NOT NULL;
+CREATE TABLE IF NOT EXISTS acks (
+    run_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    PRIMARY KEY (run_id, version, rank)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    id INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL REFERENCES runs(id),
+    rank INTEGER NOT NULL,
+    session_id TEXT NOT NULL,
+    last_seq INTEGER NOT NULL DEFAULT 0,
+    dropped INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, rank, session_id)
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id INTEGER NOT NULL,
+    rank INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL,
+    name TEXT NOT NULL,
+    value REAL
+);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, name);
+CREATE TABLE IF NOT EXISTS policy_state (
+    policy TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (policy, scope)
+);
+"""
+
+
+@dataclass
+class RunRow:
+    id: int
+    name: str
+    created: float
+    world_size: int
+    version: int
+    specs: dict[str, dict[str, Any]]
+    values: dict[str, Any]
+    pinned: list[str]
+    outcome: int
+    last_step: int
+    last_seen: float
+    points: int
+    dropped: int
+
+
+@dataclass
+class ChangeRow:
+    id: int
+    version: int | None
+    time: float
+    kind: int
+    source: str
+    reason: str
+    changes: dict[str, list[Any]]  # name -> [old, new]
+    trigger: str | None
+    apply_at_step: int | None
+    step: int
+    acks: list[tuple[int, int, float]]  # (rank, step, time)
+
+
+@dataclass
+class MetricPoint:
+    seq: int
+    step: int
+    time: float
+    values: dict[str, float]
+
+
+class Store:
+    """One SQLite file; a connection per thread that uses it."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        conn = self._connect()
+        with conn:
+            conn.executescript(_SCHEMA)
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {row[0]}, this supervisor reads {SCHEMA_VERSION}"
+                )
+        self._conn = conn
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def reader(self) -> Store:
+        """A second handle on the same file for queries (WAL readers do not block the writer)."""
+        other = object.__new__(Store)
+        other.path = self.path
+        other._conn = self._connect()
+        return other
+
+    def close(self) -> None:
+        self._conn.close()
+
+    # -- runs --------------------------------------------------------------------------
+
+    def load_runs(self) -> list[RunRow]:
+        rows = self._conn.execute(
+            "SELECT r.id, r.name, r.created, r.world_size, r.version, r.specs, r.vals, r.pinned, r.outcome,"
+            " r.last_step, r.last_seen, r.points, COALESCE((SELECT SUM(dropped) FROM sessions s"
+            " WHERE s.run_id = r.id), 0) FROM runs r ORDER BY r.name"
+        ).fetchall()
+        return [
+            RunRow(id=r[0], name=r[1], created=r[2], world_size=r[3], version=r[4], specs=json.loads(r[5]),
+                   values=json.loads(r[6]), pinned=json.loads(r[7]), outcome=r[8], last_step=r[9],
+                   last_seen=r[10], points=r[11], dropped=r[12])
+            for r in rows
+        ]
+
+    def create_run(self, name: str, *, world_size: int, specs: dict[str, Any], values: dict[str, Any],
+                   version: int, now: float) -> int:
+        with self._txn():
+            cur = self._conn.execute(
+                "INSERT INTO runs (name, created, world_size, version, specs, vals) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, now, world_size, version, json.dumps(specs), json.dumps(values)),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update_declaration(self, run_id: int, *, world_size: int, specs: dict[str, Any],
+                           values: dict[str, Any]) -> None:
+        with self._txn():
+            self._conn.execute(
+                "UPDATE runs SET world_size = ?, specs = ?, vals = ?, outcome = 0 WHERE id = ?",
+                (world_size, json.dumps(specs), json.dumps(values), run_id),
+            )
+
+    def set_outcome(self, run_id: int, outcome: int) -> None:
+        with self._txn():
+            self._conn.execute("UPDATE runs SET outcome = ? WHERE id = ?", (outcome, run_id))
+
+    # -- changes -------------------------------------------------------------------------
+
+    def record_change(self, run_id: int, *, version: int | None, kind: int, source: str, reason: str,
+                      changes: dict[str, tuple[Any, Any]], trigger: str | None, apply_at_step: int | None,
+                      step: int, now: float, values: dict[str, Any] | None = None,
+                      pinned: Iterable[str] | None = None) -> int:
+        """Append to the history; with ``values`` also make them the run's current state.
+
+        A versioned entry is committed with synchronous=FULL: it must survive
+        before any trainer hears of it.
+        """
+        body = json.dumps({"changes": {name: [old, new] for name, (old, new) in changes.items()}})
+        durable = version is not None
+        if durable:
+            self._conn.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._txn():
+                cur = self._conn.execute(
+                    "INSERT INTO changes (run_id, version, time, kind, source, reason, body, trigger_name,"
+                    " apply_at_step, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (run_id, version, now, kind, source, reason, body, trigger, apply_at_step, step),
+                )
+                if version is not None:
+                    self._conn.execute("UPDATE runs SET version = ? WHERE id = ?", (version, run_id))
+                if values is not None:
+                    self._conn.execute("UPDATE runs SET vals = ? WHERE id = ?", (json.dumps(values), run_id))
+                if pinned is not None:
+                    self._conn.execute(
+                        "UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id)
+                    )
+                return int(cur.lastrowid or 0)
+        finally:
+            if durable:
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+
+    def set_pinned(self, run_id: int, pinned: Iterable[str]) -> None:
+        with self._txn():
+            self._conn.execute("UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id))
+
+    def history(self, run_id: int, *, after_version: int | None = None) -> list[ChangeRow]:
+        if after_version is None:
+            rows = self._conn.execute(
+                "SELECT id, version, time, kind, source, reason, body, trigger_name, apply_at_step, step"
+                " FROM changes WHERE run_id = ? ORDER BY id", (run_id,)
+            ).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT id, version, time, kind, source, reason, body, trigger_name, apply_at_step, step"
+                " FROM changes WHERE run_id = ? AND version > ? ORDER BY version", (run_id, after_version)
+            ).fetchall()
+        acks: dict[int, list[tuple[int, int, float]]] = {}
+        for version, rank, step, when in self._conn.execute(
+            "SELECT version, rank, step, time FROM acks WHERE run_id = ? ORDER BY version, rank", (run_id,)
+        ):
+            acks.setdefault(version, []).append((rank, step, when))
+        return [
+            ChangeRow(id=r[0], version=r[1], time=r[2], kind=r[3], source=r[4], reason=r[5],
+                      changes=json.loads(r[6])["changes"], trigger=r[7], apply_at_step=r[8], step=r[9],
+                      acks=acks.get(r[1], []) if r[1] is not None else [])
+            for r in rows
+        ]
+
+    def record_acks(self, run_id: int, rank: int, *, after: int, up_to: int, step: int,
+                    when: float) -> list[tuple[int, float]]:
+        """Record that ``rank`` applied every version in (after, up_to]; return (version, recorded time)."""
+        with self._txn():
+            newly = self._conn.execute(
+                "SELECT version, time FROM changes WHERE run_id = ? AND version > ? AND version <= ?"
+                " AND version NOT IN (SELECT version FROM acks WHERE run_id = ? AND rank = ?)",
+                (run_id, after, up_to, run_id, rank),
+            ).fetchall()
+            self._conn.executemany(
+                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?)",
+                [(run_id, version, rank, step, when) for version, _ in newly],
+            )
+        return [(int(v), float(t)) for v, t in newly]
+
+    def acked_version(self, run_id: int, rank: int) -> int:
+        row = self._conn.execute(
+            "SELECT MAX(version) FROM acks WHERE run_id = ? AND rank = ?", (run_id, rank)
+        ).fetchone()
+        return int(row[0] or 0)
+
+    # -- sessions and metrics ------------------------------------------------------------------
+
+    def open_session(self, run_id: int, rank: int, session_id: str) -> tuple[int, int, bool]:
+        """Return (session key, last stored seq, whether the session was known)."""
+        with self._txn():
+            row = self._conn.execute(
+                "SELECT id, last_seq FROM sessions WHERE run_id = ? AND rank = ? AND session_id = ?",
+                (run_id, rank, session_id),
+            ).fetchone()
+            if row is not None:
+                return int(row[0]), int(row[1]), True
+            cur = self._conn.execute(
+                "INSERT INTO sessions (run_id, rank, session_id) VALUES (?, ?, ?)", (run_id, rank, session_id)
+            )
+            return int(cur.lastrowid or 0), 0, False
+
+    def insert_metrics(self, batches: Sequence[tuple[int, int, int, int, Sequence[MetricPoint]]]) -> None:
+        """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
+
+        Callers pass only points newer than the session's stored seq, in order;
+        ``last_seq`` moves in the same transaction, so a crash never leaves
+        points stored without the seq that de-duplicates them.
+        """
+        rows: list[tuple[Any, ...]] = []
+        sessions: list[tuple[int, int, int]] = []
+        runs: dict[int, list[int]] = {}
+        for run_id, rank, session, dropped, points in batches:
+            for p in points:
+                for name, value in p.values.items():
+                    rows.append((run_id, rank, p.seq, p.step, p.time, name, None if math.isnan(value) else value))
+            if points:
+                sessions.append((points[-1].seq, dropped, session))
+                agg = runs.setdefault(run_id, [0, -1])
+                agg[0] += len(points)
+                agg[1] = max(agg[1], max(p.step for p in points))
+            else:
+                sessions.append((0, dropped, session))
+        with self._txn():
+            self._conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            self._conn.executemany(
+                "UPDATE sessions SET last_seq = MAX(last_seq, ?), dropped = MAX(dropped, ?) WHERE id = ?", sessions
+            )
+            self._conn.executemany(
+                "UPDATE runs SET points = points + ?, last_step = MAX(last_step, ?) WHERE id = ?",
+                [(n, step, run_id) for run_id, (n, step) in runs.items()],
+            )
+
+    def touch(self, run_id: int, when: float) -> None:
+        with self._txn():
+            self._conn.execute("UPDATE runs SET last_seen = ? WHERE id = ?", (when, run_id))
+
+    def metrics(self, run_id: int, *, name: str = "", after: int = 0,
+                limit: int = 10_000) -> tuple[list[tuple[int, int, int, float, str, float]], int]:
+        """A page of (rank, seq, step, time, name, value) in storage order, and the cursor to go on from."""
+        sql = "SELECT rowid, rank, seq, step, time, name, value FROM metrics WHERE run_id = ? AND rowid > ?"
+        args: list[Any] = [run_id, after]
+        if name:
+            sql += " AND name = ?"
+            args.append(name)
+        sql += " ORDER BY rowid LIMIT ?"
+        args.append(limit)
+        rows = self._conn.execute(sql, args).fetchall()
+        cursor = rows[-1][0] if len(rows) == limit else 0
+        return [(r[1], r[2], r[3], r[4], r[5], math.nan if r[6] is None else r[6]) for r in rows], cursor
+
+    # -- policy state ------------------------------------------------------------------------
+
+    def save_policy_state(self, items: Iterable[tuple[str, str, Any]]) -> None:
+        with self._txn():
+            self._conn.executemany(
+                "INSERT INTO policy_state VALUES (?, ?, ?) ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
+                [(policy, scope, json.dumps(state)) for policy, scope, state in items],
+            )
+
+    def load_policy_state(self) -> dict[tuple[str, str], Any]:
+        return {(p, s): json.loads(state) for p, s, state in self._conn.execute("SELECT * FROM policy_state")}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _txn(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    def __enter__(self) -> sqlite3.Connection:
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+T = TypeVar("T")
+
+
+class Database:
+    """Async access to a Store: one thread writes, another reads, the event loop never blocks."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.store = Store(path)
+        self._reader = self.store.reader()
+        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._write_pool, lambda: fn(self.store, *args, **kwargs))
+
+    async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, lambda: fn(self._reader, *args, **kwargs))
+
+    def close(self) -> None:
+        self._write_pool.shutdown(wait=True)
+        self._read_pool.shutdown(wait=True)
+        self.store.close()
+        self._reader.close()
