@@ -1,0 +1,66 @@
+"""A minimal trainer for the end-to-end tests: no torch, real SDK, real process.
+
+Prints one JSON line per event: "connected", "change", "trigger", "done" (with
+per-step timings and the values seen at each step where they changed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from trainer_sdk import Float, connect
+
+
+def emit(**event: object) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", required=True)
+    parser.add_argument("--address", default=None)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--sleep", type=float, default=0.01)
+    parser.add_argument("--buffer-size", type=int, default=65_536)
+    parser.add_argument("--until-trigger", default=None, help="run until this trigger fires")
+    parser.add_argument("--nan-at", type=int, default=-1)
+    parser.add_argument("--no-wait", action="store_true", help="start training without waiting to connect")
+    args = parser.parse_args()
+
+    hp = connect(run=args.run, address=args.address, telemetry=False, buffer_size=args.buffer_size,
+                 params={"lr": Float(0.1, min=1e-5, max=1.0, log=True), "momentum": Float(0.9, min=0.0, max=1.0),
+                         "weight_decay": 0.0})
+    hp.on_change(lambda e: emit(event="change", version=e.version, new=dict(e.new), old=dict(e.old),
+                                trigger=e.trigger, source=e.source, reason=e.reason, step=e.step))
+    if not args.no_wait and hp.wait_connected(10):
+        emit(event="connected", version=hp.version)
+    seen: list[tuple[int, dict]] = []
+    last: dict = {}
+    durations: list[float] = []
+    step = 0
+    while step < args.steps or args.until_trigger:
+        t0 = time.perf_counter()
+        values = dict(vars(hp))  # one C-level copy: a consistent snapshot
+        if values != last:
+            seen.append((step, values))
+            last = values
+        loss = float("nan") if step == args.nan_at else 1.0 / (step + 1)
+        hp.report(step, loss=loss, lr_seen=values["lr"])
+        if args.until_trigger and hp.triggered(args.until_trigger):
+            emit(event="trigger", name=args.until_trigger, step=step)
+            break
+        time.sleep(args.sleep)
+        durations.append(time.perf_counter() - t0)
+        step += 1
+    flushed = hp.flush(30)
+    emit(event="done", steps=step, seen=seen, version=hp.version, values=hp.as_dict(), dropped=hp.dropped,
+         flushed=flushed, max_step_seconds=max(durations or [0.0]))
+    hp.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
