@@ -261,13 +261,24 @@ class Supervisor:
     # -- changes ---------------------------------------------------------------------------
 
     async def set_params(self, name: str, requested: dict[str, Any], *, reason: str, source: str = "operator",
-                         apply_at_step: int | None = None, pin: bool = True) -> tuple[int, dict[str, Any]]:
-        """Validate, record durably, then send one atomic change. Returns (version, old values)."""
+                         apply_at_step: int | None = None, pin: bool = True,
+                         respect_pins: bool = False) -> tuple[int, dict[str, Any]]:
+        """Validate, record durably, then send one atomic change. Returns (version, old values).
+
+        An operator's change (``pin``) pins its parameters against policies; a
+        policy's change (``respect_pins``) is refused for pinned parameters,
+        checked under the run's lock so a pin and a policy cannot race.
+        """
         run = self.get(name)
         if apply_at_step is not None and apply_at_step < 0:
             raise RefusedChange(f"apply_at_step must be >= 0, got {apply_at_step}")
         async with run.lock:
             changes = run.validate(requested)
+            if respect_pins and (pinned_now := sorted(run.pinned & set(changes))):
+                raise RefusedChange(
+                    f"{', '.join(pinned_now)}: pinned by an operator; "
+                    f"`supervisor release {name} {' '.join(pinned_now)}` to let policies act"
+                )
             old = {n: run.values.get(n) for n in changes}
             version = run.version + 1
             pinned = run.pinned | set(changes) if pin else None

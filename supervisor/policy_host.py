@@ -1,0 +1,285 @@
+"""Runs the configured policies live, next to ingestion but never in its way.
+
+Each run has its own lane: an asyncio task that takes the run's stored points
+in order and evaluates each policy runner attached to it in a worker thread,
+with a time limit. A slow policy only holds up its own lane (and, for a
+population policy, the runs sharing it); ingestion, acknowledgements and every
+other run go on. A call that runs past the limit counts as a failure, and a
+runner with ``max_failures`` failures in a row is disabled for that run; both
+show in the history. Outcomes pass through the same ``arbitrate`` as in
+``supervisor replay`` and are then applied through the core like an
+operator's change (durable first, then sent), with source ``policy:<id>``.
+
+Policy state is saved after every round in which a runner ran, in the same
+SQLite file, so a restarted supervisor resumes each policy where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from policies import (
+    MetricPoint,
+    Outcome,
+    ParamSpec,
+    PolicyEngine,
+    PolicyRunner,
+    arbitrate,
+    load_config,
+)
+from supervisor.runs import RefusedChange, RunState
+from supervisor.storage import Store
+from trainer_sdk import Choice, Float, Int, Param
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+log = logging.getLogger("supervisor.policies")
+
+POLICY_TIMEOUT_SECONDS = 2.0
+"""A policy call that takes longer counts as a failure (it keeps its worker thread until it returns)."""
+
+VANISHED_AFTER_SECONDS = 60.0
+"""A run disconnected this long without a goodbye is ended as "vanished" for its policies."""
+
+MAX_QUEUED_POINTS = 10_000
+"""Points waiting for one run's lane; past it the oldest are skipped (counted as errors)."""
+
+_ATTACHED = "__attached__"
+_OUTCOMES = {"completed": pb.RUN_OUTCOME_COMPLETED, "failed": pb.RUN_OUTCOME_FAILED}
+_DECISION_KIND = {"apply": "applied", "proposal": "shadow", "refused": "refused", "error": "error", "trigger": "trigger"}
+
+
+def spec_for_policies(name: str, param: Param) -> ParamSpec:
+    extra: dict[str, Any] = {}
+    if isinstance(param, Float | Int):
+        extra = {"min": param.min, "max": param.max, "log": getattr(param, "log", False)}
+    if isinstance(param, Choice):
+        extra = {"choices": tuple(param.choices)}
+    return ParamSpec(name=name, kind=param.kind, default=param.default, **extra)  # type: ignore[arg-type]
+
+
+class LiveRunView:
+    """A policy's read-only view of a live run, snapshotted when the round starts."""
+
+    def __init__(self, run: RunState, specs: Mapping[str, ParamSpec]) -> None:
+        self._run = run
+        self.run = run.name
+        self.step = run.last_step
+        self.params = MappingProxyType(dict(run.values))
+        self.specs = specs
+        self.pinned = frozenset(run.pinned)
+
+    def history(self, metric: str, last: int | None = None) -> Sequence[tuple[int, float]]:
+        return self._run.history(metric, last)
+
+
+class PolicyHost:
+    def __init__(self, engine: PolicyEngine, core: Any, *, timeout: float = POLICY_TIMEOUT_SECONDS) -> None:
+        self.engine = engine
+        self.core = core
+        self.timeout = timeout
+        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="policy")
+        self._lanes: dict[str, deque[tuple[str, Any]]] = {}
+        self._lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._runner_locks: dict[int, asyncio.Lock] = {}
+        self._specs: dict[str, tuple[dict[str, Param], Mapping[str, ParamSpec]]] = {}
+        self._watchdog: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_file(cls, path: Path, core: Any) -> PolicyHost:
+        """Load and check a policies file; a PolicyConfigError names the key and the reason."""
+        db_path = Path(core.db.store.path)
+        study_db = db_path.with_name(db_path.stem + "-optuna.db")
+        bindings = load_config(path, defaults={"optuna": {"storage": f"sqlite:///{study_db}"}})
+        host = cls(PolicyEngine(bindings), core)
+        core.policies = host
+        return host
+
+    async def start(self) -> None:
+        saved = await self.core.db.read(Store.load_policy_state)
+        if saved:
+            attached = {scope: ids for (policy, scope), ids in saved.items() if policy == _ATTACHED}
+            runners = [{"policy": policy, "run": None if scope == "*" else scope, "state": state}
+                       for (policy, scope), state in saved.items() if policy != _ATTACHED]
+            self.engine.load_state_dict({"format": 1, "attached": attached, "runners": runners})
+            log.info("resumed policy state for %d runs", len(attached))
+        self._watchdog = asyncio.create_task(self._watch_vanished(), name="policy-watchdog")
+
+    async def stop(self) -> None:
+        for task in [*self._lane_tasks.values(), self._watchdog]:
+            if task is not None:
+                task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- events from the core (event loop thread) ---------------------------------------------
+
+    def run_connected(self, run: RunState) -> None:
+        self._enqueue(run, ("attach", None))
+
+    def observe(self, run: RunState, points: Iterable[Any]) -> None:
+        for point in points:
+            self._enqueue(run, ("point", point))
+
+    def run_finished(self, run: RunState, outcome: int) -> None:
+        name = "failed" if outcome == pb.RUN_OUTCOME_FAILED else "completed"
+        self._enqueue(run, ("finish", name))
+
+    def run_disconnected(self, run: RunState) -> None:
+        pass  # the watchdog ends runs that stay away (see VANISHED_AFTER_SECONDS)
+
+    def _enqueue(self, run: RunState, event: tuple[str, Any]) -> None:
+        lane = self._lanes.get(run.name)
+        if lane is None:
+            lane = self._lanes[run.name] = deque()
+            self._wakeups[run.name] = asyncio.Event()
+            self._lane_tasks[run.name] = asyncio.create_task(self._lane(run.name), name=f"policies-{run.name}")
+        if event[0] == "point" and len(lane) >= MAX_QUEUED_POINTS:
+            lane.popleft()
+            self.core.metrics.record_error("policy_backlog")
+        lane.append(event)
+        self._wakeups[run.name].set()
+
+    # -- one lane per run -----------------------------------------------------------------------
+
+    async def _lane(self, name: str) -> None:
+        lane, wakeup = self._lanes[name], self._wakeups[name]
+        while True:
+            await wakeup.wait()
+            wakeup.clear()
+            while lane:
+                kind, payload = lane.popleft()
+                run = self.core.runs.get(name)
+                if run is None:
+                    continue
+                try:
+                    await self._handle(run, kind, payload)
+                except Exception:
+                    log.exception("policy round for run %s failed", name)
+                    self.core.metrics.record_error("policy_host")
+
+    async def _handle(self, run: RunState, kind: str, payload: Any) -> None:
+        view = self._view(run)
+        if kind == "attach":
+            outcomes = await self._in_worker(None, lambda: self.engine.attach(view))
+            await self._apply(run, outcomes)
+            await self._save(run.name)
+            return
+        if not self.engine.is_attached(run.name):
+            if kind == "finish":
+                return
+            await self._apply(run, await self._in_worker(None, lambda: self.engine.attach(view)))
+        if kind == "point":
+            point = MetricPoint(run=run.name, step=payload.step, time=payload.time, metrics=dict(payload.values))
+            outcomes: list[Outcome] = []
+            for runner in self.engine.runners_for(run.name):
+                outcomes.extend(await self._call_runner(runner, run, point, view))
+            await self._apply(run, arbitrate(outcomes, view))
+        elif kind == "finish":
+            runners = self.engine.runners_for(run.name)
+            outcomes = []
+            for runner in runners:
+                outcomes.extend(await self._call_runner(runner, run, None, view, end=(payload, time.time())))
+            self.engine.detach(run.name)
+            await self._apply(run, arbitrate(outcomes, view))
+        await self._save(run.name)
+
+    async def _call_runner(self, runner: PolicyRunner, run: RunState, point: MetricPoint | None, view: LiveRunView,
+                           end: tuple[str, float] | None = None) -> list[Outcome]:
+        if runner.disabled:
+            return []
+        lock = self._runner_locks.setdefault(id(runner), asyncio.Lock())
+        async with lock:
+            if runner.busy:  # still inside a call that timed out earlier
+                self.core.metrics.record_error("policy_busy")
+                return []
+            started = time.perf_counter()
+            if end is not None:
+                outcome_name, now = end
+                work = lambda: runner.on_run_end(view, outcome=outcome_name, now=now)  # noqa: E731
+            else:
+                assert point is not None
+                work = lambda: runner.observe(point, view)  # noqa: E731
+            try:
+                outcomes = await self._in_worker(runner, work)
+            except TimeoutError:
+                return [runner.record_failure(f"no decision within {self.timeout:g}s (policy too slow)",
+                                              run=run.name, step=view.step)]
+            finally:
+                self.core.metrics.observe_policy_seconds(runner.policy_id, time.perf_counter() - started)
+            return outcomes
+
+    async def _in_worker(self, runner: PolicyRunner | None, work: Any) -> Any:
+        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        if runner is None:
+            return await future
+        return await asyncio.wait_for(asyncio.shield(future), self.timeout)
+
+    # -- applying outcomes ------------------------------------------------------------------------
+
+    async def _apply(self, run: RunState, outcomes: Iterable[Outcome]) -> None:
+        for outcome in outcomes:
+            target = self.core.runs.get(outcome.run, run)
+            source = f"policy:{outcome.policy_id}"
+            kind = outcome.kind
+            try:
+                if kind == "apply" and outcome.changes:
+                    await self.core.set_params(target.name, dict(outcome.changes), reason=outcome.reason,
+                                               source=source, apply_at_step=outcome.apply_at_step, pin=False,
+                                               respect_pins=True)
+                elif kind == "trigger" and outcome.trigger:
+                    await self.core.fire_trigger(target.name, outcome.trigger, reason=outcome.reason, source=source,
+                                                 apply_at_step=outcome.apply_at_step)
+                else:
+                    await self._record(target, outcome)
+            except RefusedChange as exc:
+                kind = "refused"
+                await self._record(target, outcome, kind_override=pb.CHANGE_KIND_REFUSED,
+                                   reason=f"{exc}; policy's reason: {outcome.reason}")
+            self.core.metrics.record_decision(outcome.policy_id, _DECISION_KIND.get(kind, kind))
+
+    async def _record(self, run: RunState, outcome: Outcome, *, kind_override: int | None = None,
+                      reason: str | None = None) -> None:
+        kind = kind_override or {
+            "proposal": pb.CHANGE_KIND_PROPOSAL, "refused": pb.CHANGE_KIND_REFUSED, "error": pb.CHANGE_KIND_POLICY_ERROR,
+            "apply": pb.CHANGE_KIND_REFUSED, "trigger": pb.CHANGE_KIND_REFUSED,
+        }[outcome.kind]
+        old = outcome.old or {}
+        changes = {n: (old.get(n, run.values.get(n)), v) for n, v in (outcome.changes or {}).items()}
+        await self.core.record_unsent(run, kind=kind, source=f"policy:{outcome.policy_id}",
+                                      reason=reason or outcome.reason, changes=changes, trigger=outcome.trigger)
+
+    # -- state ------------------------------------------------------------------------------------
+
+    async def _save(self, name: str) -> None:
+        items: list[tuple[str, str, Any]] = [
+            (runner.policy_id, "*" if runner.scope == "population" else name, runner.state_dict())
+            for runner in self.engine.runners_for(name)
+        ]
+        items.append((_ATTACHED, name, [runner.policy_id for runner in self.engine.runners_for(name)]))
+        await self.core.db.write(Store.save_policy_state, items)
+
+    def _view(self, run: RunState) -> LiveRunView:
+        cached = self._specs.get(run.name)
+        if cached is None or cached[0] is not run.params:
+            cached = (run.params, MappingProxyType({n: spec_for_policies(n, p) for n, p in run.params.items()}))
+            self._specs[run.name] = cached
+        return LiveRunView(run, cached[1])
+
+    async def _watch_vanished(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.time()
+            for run in list(self.core.runs.values()):
+                gone = run.disconnected_at
+                if gone is not None and not run.connected and not run.outcome and now - gone > VANISHED_AFTER_SECONDS \
+                        and self.engine.is_attached(run.name):
+                    run.disconnected_at = None
+                    self._enqueue(run, ("finish", "vanished"))
