@@ -1,0 +1,203 @@
+"""What every benchmark shares: a supervisor subprocess, statistics, process accounting, the machine.
+
+Every figure a benchmark reports is measured in the run that reports it, next
+to a reference measured in the same run (the machine is shared and noisy, so
+only ratios and distributions mean anything; one absolute time does not).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- statistics ------------------------------------------------------------------------------------
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median and percentiles of a sample (same unit as the input)."""
+    a = np.asarray(values, dtype=float)
+    if a.size == 0:
+        return {"n": 0}
+    return {
+        "n": int(a.size),
+        "p50": float(np.percentile(a, 50)),
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "min": float(a.min()),
+        "max": float(a.max()),
+        "mean": float(a.mean()),
+    }
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    bench: str
+    metric: str
+    value: float | str
+    unit: str = ""
+    target: str = ""
+    met: bool | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("bench", "metric", "value", "unit", "target", "met", "note")}
+
+
+@dataclass
+class Result:
+    """What one benchmark module returns."""
+
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    plots: list[str] = field(default_factory=list)
+
+    def row(self, metric: str, value: float | str, unit: str = "", *, target: str = "", met: bool | None = None,
+            note: str = "") -> None:
+        self.rows.append(Row(self.name, metric, value, unit, target, met, note))
+
+
+# -- the machine -------------------------------------------------------------------------------------
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "nproc": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "loadavg_at_start": os.getloadavg(),
+    }
+    for module in ("torch", "grpc", "google.protobuf", "numpy", "sklearn", "optuna"):
+        try:
+            mod = __import__(module, fromlist=["__version__"])
+            info[module] = getattr(mod, "__version__", "?")
+        except ImportError:
+            info[module] = None
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["mem_gib"] = round(int(mem) / 2**20, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    return info
+
+
+# -- process accounting (/proc; psutil is not a dependency) ---------------------------------------------
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- a supervisor subprocess --------------------------------------------------------------------------
+
+class SupervisorProcess:
+    """``python -m supervisor serve --port 0`` on a fresh database; ``address`` once it listens."""
+
+    def __init__(self, *, config: Path | None = None, workdir: Path | None = None, log_level: str = "WARNING",
+                 extra_env: dict[str, str] | None = None) -> None:
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="bench-sup-")
+        self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.db = self.workdir / "supervisor.db"
+        cmd = [PYTHON, "-m", "supervisor", "serve", "--host", "127.0.0.1", "--port", "0", "--db", str(self.db),
+               "--log-level", log_level]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+        env.pop("SUPERVISOR_ADDR", None)
+        self.log_path = self.workdir / "supervisor.log"
+        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.address = self._wait_listening()
+        # keep draining stdout so the server never blocks on a full pipe
+        threading.Thread(target=self._drain, daemon=True).start()
+
+    def _wait_listening(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"supervisor exited: {self.log_path.read_text()[-2000:]}")
+                continue
+            if line.startswith("listening on "):
+                return line.split("listening on ", 1)[1].strip()
+        raise RuntimeError("supervisor did not print 'listening on' in time")
+
+    def _drain(self) -> None:
+        assert self.proc.stdout is not None
+        for _ in self.proc.stdout:
+            pass
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self) -> SupervisorProcess:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.stop()
+
+
+def fmt(value: float, digits: int = 3) -> str:
+    if isinstance(value, str):
+        return value
+    if value != value:  # nan
+        return "n/a"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}"
