@@ -1,0 +1,138 @@
+"""Policies acting on live runs: real supervisor process, real SDK sessions over gRPC."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from tests.conftest import free_port, wait_until
+from trainer_sdk import Float, connect
+
+PLATEAU = """
+[[policy]]
+id = "plateau"
+type = "plateau"
+runs = "{runs}"
+mode = "{mode}"
+metric = "val_loss"
+factor = 0.5
+patience = 2
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "policies.toml"
+    path.write_text(text)
+    return path
+
+
+def session(address: str, run: str):
+    hp = connect(run=run, params={"lr": Float(0.1, min=1e-6, max=1.0)}, address=address, telemetry=False,
+                 backoff_max=0.2)
+    assert hp.wait_connected(10)
+    return hp
+
+
+def report(hp, steps, value=1.0):
+    for step in steps:
+        hp.report(step, val_loss=value)
+        assert hp.flush(10)
+        time.sleep(0.15)  # let the policy's round finish before the next point
+
+
+def policy_entries(supervisor, run: str, source: str = "policy:plateau") -> list[dict]:
+    return [e for e in supervisor.json("history", run) if e["source"] == source]
+
+
+def test_restart_mid_plateau_resumes_exactly(tmp_path, supervisor_factory):
+    # torch's ReduceLROnPlateau with patience=2 on a flat metric reduces at steps 3 and 6.
+    config = write(tmp_path, PLATEAU.format(runs="*", mode="act"))
+    port = free_port()
+    first = supervisor_factory(tmp_path / "p.db", port=port, args=("--config", str(config)))
+    hp = session(first.address, "plateau-restart")
+    report(hp, [0, 1])
+    first.kill()  # mid-episode: best=1.0, one bad epoch so far
+    second = supervisor_factory(tmp_path / "p.db", port=port, args=("--config", str(config)))
+    wait_until(hp.wait_connected, message="reconnected")
+    report(hp, [2, 3, 4, 5, 6])
+    wait_until(lambda: len(policy_entries(second, "plateau-restart")) >= 2, message="two decays")
+    decays = policy_entries(second, "plateau-restart")
+    assert [e["step"] for e in decays] == [3, 6]
+    assert [e["changes"]["lr"]["new"] for e in decays] == [0.05, 0.025]
+    wait_until(lambda: hp.lr == 0.025, message="trainer saw the second decay")
+    hp.close()
+
+
+def test_crashing_and_sleeping_policies_do_not_disturb_other_runs(tmp_path, supervisor_factory):
+    config = write(tmp_path, PLATEAU.format(runs="*", mode="act") + """
+[[policy]]
+id = "crashy"
+type = "tests.core.policies_for_tests:Crash"
+runs = "crash-*"
+
+[[policy]]
+id = "sleepy"
+type = "tests.core.policies_for_tests:Sleepy"
+runs = "slow-*"
+seconds = 5.0
+""")
+    supervisor = supervisor_factory(tmp_path / "c.db", args=("--config", str(config)))
+    sessions = {name: session(supervisor.address, name) for name in ("crash-1", "slow-1", "ok-1")}
+    for step in range(7):
+        for hp in sessions.values():
+            hp.report(step, val_loss=1.0)
+        time.sleep(0.1)
+    for name in ("ok-1", "crash-1"):  # plateau still acts on both, on time
+        wait_until(lambda n=name: len(policy_entries(supervisor, n)) >= 2, timeout=15, message=f"{name} decays")
+        assert [e["step"] for e in policy_entries(supervisor, name)][:2] == [3, 6]
+    errors = [e for e in supervisor.json("history", "crash-1") if e["kind"] == "policy-error"]
+    assert len(errors) == 3 and "boom at step" in errors[0]["reason"]  # disabled after max_failures
+    wait_until(lambda: any(e["kind"] == "policy-error" and "too slow" in e["reason"]
+                           for e in supervisor.json("history", "slow-1")), timeout=15, message="timeout recorded")
+    runs = {r["run"]: r for r in supervisor.json("runs")}
+    assert all(runs[n]["points_received"] == 7 for n in sessions)  # ingestion never stalled
+    for hp in sessions.values():
+        hp.close()
+
+
+def test_shadow_mode_records_proposals_and_changes_nothing(tmp_path, supervisor_factory):
+    config = write(tmp_path, PLATEAU.format(runs="*", mode="shadow"))
+    supervisor = supervisor_factory(tmp_path / "s.db", args=("--config", str(config)))
+    hp = session(supervisor.address, "shadow-1")
+    report(hp, range(5))
+    wait_until(lambda: policy_entries(supervisor, "shadow-1"), message="a proposal")
+    entry = policy_entries(supervisor, "shadow-1")[0]
+    assert entry["kind"] == "proposal" and entry["version"] is None
+    assert entry["changes"]["lr"] == {"old": 0.1, "new": 0.05}
+    assert hp.lr == 0.1 and hp.version == 0
+    hp.close()
+
+
+def test_operator_pin_blocks_policies_until_released(tmp_path, supervisor_factory):
+    config = write(tmp_path, PLATEAU.format(runs="*", mode="act"))
+    supervisor = supervisor_factory(tmp_path / "pin.db", args=("--config", str(config)))
+    hp = session(supervisor.address, "pin-1")
+    supervisor.cli("set", "pin-1", "lr=0.2", "--wait")
+    report(hp, range(4))
+    wait_until(lambda: any(e["kind"] == "refused" for e in policy_entries(supervisor, "pin-1")), message="refusal")
+    refused = next(e for e in policy_entries(supervisor, "pin-1") if e["kind"] == "refused")
+    assert "pinned by an operator" in refused["reason"]
+    assert hp.lr == 0.2
+    assert supervisor.json("release", "pin-1", "lr")["released"] == ["lr"]
+    report(hp, range(4, 7))
+    wait_until(lambda: any(e["kind"] == "set" for e in policy_entries(supervisor, "pin-1")), message="policy acts")
+    wait_until(lambda: hp.lr == 0.1, message="trainer saw the policy's decay")
+    hp.close()
+
+
+def test_invalid_config_stops_the_server_with_a_named_key(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    bad = write(tmp_path, '[[policy]]\ntype = "plateau"\nmetric = "val_loss"\nfactor = 1.5\n')
+    result = subprocess.run([sys.executable, "-m", "supervisor", "serve", "--port", "0", "--db", str(tmp_path / "x.db"),
+                             "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2
+    assert "factor" in result.stderr and "1.5" in result.stderr, result.stderr
