@@ -1,0 +1,71 @@
+"""Several ranks of one job: one run, every rank acknowledges, step gates line ranks up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from tests.conftest import ROOT, wait_until
+from trainer_sdk import Float, connect
+
+
+def test_ranks_switch_at_the_same_step_and_all_acknowledge(supervisor):
+    ranks = [connect(run="ddp", params={"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address,
+                     rank=r, world_size=2, telemetry=False) for r in range(2)]
+    assert all(hp.wait_connected(10) for hp in ranks)
+    switched: dict[int, int] = {}
+    started = threading.Barrier(2)
+
+    def loop(hp) -> None:
+        started.wait()
+        for step in range(300):
+            if hp.lr == 0.05 and hp.rank not in switched:
+                switched[hp.rank] = step
+            hp.report(step, loss=1.0)
+            time.sleep(0.005 * (1 + hp.rank))  # rank 1 runs at half speed
+
+    threads = [threading.Thread(target=loop, args=(hp,)) for hp in ranks]
+    for t in threads:
+        t.start()
+    wait_until(lambda: supervisor.json("runs")[0]["connected_ranks"] == 2, message="both ranks")
+    out = supervisor.json("set", "ddp", "lr=0.05", "--at-step", "120", "--wait", "--timeout", "20")
+    assert out["acknowledged"] is True
+    for t in threads:
+        t.join()
+    # Visible from the first read after the report of step 120, on both ranks, though they run at different speeds.
+    assert switched == {0: 121, 1: 121}
+    entry = next(e for e in supervisor.json("history", "ddp") if e["version"] == 1)
+    assert sorted((a["rank"], a["step"]) for a in entry["acks"]) == [(0, 120), (1, 120)]
+    run = supervisor.json("runs")[0]
+    assert run["world_size"] == 2 and run["acked_version"] == 1
+    for hp in ranks:
+        hp.close()
+
+
+FORKING_TRAINER = """
+import sys, torch
+from torch.utils.data import DataLoader, TensorDataset
+from trainer_sdk import connect
+hp = connect(run="fork", params={"lr": 0.1}, address=sys.argv[1], telemetry=False)
+assert hp.wait_connected(10)
+data = DataLoader(TensorDataset(torch.arange(64.0)), batch_size=8, num_workers=2,
+                  multiprocessing_context="fork")
+step = 0
+for epoch in range(3):
+    for (batch,) in data:
+        hp.report(step, loss=float(batch.mean()))
+        step += 1
+assert hp.flush(20), "points not stored"
+hp.close()
+print("steps", step)
+"""
+
+
+def test_forked_dataloader_workers_neither_hang_nor_break_the_session(supervisor):
+    result = subprocess.run([sys.executable, "-c", FORKING_TRAINER, supervisor.address], capture_output=True,
+                            text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "steps 24" in result.stdout
+    assert supervisor.json("runs")[0]["points_received"] == 24
