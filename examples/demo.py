@@ -23,8 +23,9 @@ RUN = "digits-demo"
 
 
 def supervisor_cli(address: str, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "supervisor", *args, "--address", address],
-                            capture_output=True, text=True, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", *args, "--address", address], capture_output=True, text=True, cwd=ROOT
+    )
     if result.returncode != 0:
         raise SystemExit(f"supervisor {' '.join(args)} failed: {result.stderr}")
     return result.stdout
@@ -39,9 +40,24 @@ def main() -> int:
     WORKDIR.mkdir()
     banner("starting the supervisor (SQLite at demo-run/supervisor.db, policies from examples/policies.toml)")
     server = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--port", "0", "--db", str(WORKDIR / "supervisor.db"),
-         "--config", str(ROOT / "examples" / "policies.toml"), "--metrics-port", "0"],
-        stdout=subprocess.PIPE, stderr=open(WORKDIR / "supervisor.log", "w"), text=True, cwd=ROOT,
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(WORKDIR / "supervisor.db"),
+            "--config",
+            str(ROOT / "examples" / "policies.toml"),
+            "--metrics-port",
+            "0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(WORKDIR / "supervisor.log", "w"),
+        text=True,
+        cwd=ROOT,
     )
     assert server.stdout is not None
     address = ""
@@ -56,15 +72,39 @@ def main() -> int:
 
     banner(f"training {RUN} (examples/train_digits.py) against {address}")
     trainer = subprocess.Popen(
-        [sys.executable, str(ROOT / "examples" / "train_digits.py"), "--run", RUN, "--address", address,
-         "--epochs", "14", "--sleep", "0.004", "--checkpoint-dir", str(WORKDIR / "checkpoints")],
-        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        [
+            sys.executable,
+            str(ROOT / "examples" / "train_digits.py"),
+            "--run",
+            RUN,
+            "--address",
+            address,
+            "--epochs",
+            "14",
+            "--sleep",
+            "0.004",
+            "--checkpoint-dir",
+            str(WORKDIR / "checkpoints"),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
         time.sleep(6)
         banner("operator: supervisor set digits-demo weight_decay=0.0005 dropout=0.05 --wait")
-        print(supervisor_cli(address, "set", RUN, "weight_decay=0.0005", "dropout=0.05", "--reason",
-                             "demo: less regularisation", "--wait").strip(), flush=True)
+        print(
+            supervisor_cli(
+                address,
+                "set",
+                RUN,
+                "weight_decay=0.0005",
+                "dropout=0.05",
+                "--reason",
+                "demo: less regularisation",
+                "--wait",
+            ).strip(),
+            flush=True,
+        )
         trainer.wait(timeout=600)
         banner("supervisor runs")
         print(supervisor_cli(address, "runs", "--glob", RUN))

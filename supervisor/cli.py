@@ -37,8 +37,9 @@ class UsageError(Exception):
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=getattr(args, "log_level", "WARNING").upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
@@ -47,8 +48,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except grpc.RpcError as exc:
         code = exc.code() if hasattr(exc, "code") else None
         if code == grpc.StatusCode.UNAVAILABLE:
-            print(f"error: no supervisor answers at {args.address} ({exc.details()}); start one with "
-                  "`supervisor serve` or pass --address / $SUPERVISOR_ADDR", file=sys.stderr)
+            print(
+                f"error: no supervisor answers at {args.address} ({exc.details()}); start one with "
+                "`supervisor serve` or pass --address / $SUPERVISOR_ADDR",
+                file=sys.stderr,
+            )
         else:
             print(f"error: {exc.details() if hasattr(exc, 'details') else exc}", file=sys.stderr)
         return 1
@@ -64,8 +68,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--address", default=default_address(),
-                       help="supervisor address (default: $SUPERVISOR_ADDR, then 127.0.0.1:50051)")
+        p.add_argument(
+            "--address",
+            default=default_address(),
+            help="supervisor address (default: $SUPERVISOR_ADDR, then 127.0.0.1:50051)",
+        )
         p.add_argument("--token", default=None, help="auth token (default: $SUPERVISOR_TOKEN)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
@@ -124,12 +131,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="print one frame and exit")
     p.set_defaults(func=_top)
 
-    p = sub.add_parser("replay", help="run policies over recorded metrics, offline and deterministic",
-                       description="Run policies over recorded metrics (JSON lines) and print their decisions.")
+    p = sub.add_parser(
+        "replay",
+        help="run policies over recorded metrics, offline and deterministic",
+        description="Run policies over recorded metrics (JSON lines) and print their decisions.",
+    )
     p.add_argument("metrics_file", type=Path, metavar="METRICS.jsonl")
     p.add_argument("--config", type=Path, required=True, help="policies file (TOML)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="a parameter's starting value (repeatable)")
+    p.add_argument(
+        "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter's starting value (repeatable)"
+    )
     p.add_argument("--json", action="store_true", help="one JSON object per decision")
     p.set_defaults(func=_replay)
     return parser
@@ -137,13 +148,21 @@ def _parser() -> argparse.ArgumentParser:
 
 # -- serve --------------------------------------------------------------------------------------
 
+
 def _serve(args: argparse.Namespace) -> int:
     import os
 
     from supervisor.server import ServerConfig, serve
 
-    config = ServerConfig(host=args.host, port=args.port, db=args.db, token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
-                          metrics_host=args.metrics_host, metrics_port=args.metrics_port, policy_config=args.config)
+    config = ServerConfig(
+        host=args.host,
+        port=args.port,
+        db=args.db,
+        token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
+        metrics_host=args.metrics_host,
+        metrics_port=args.metrics_port,
+        policy_config=args.config,
+    )
     try:
         asyncio.run(serve(config))
     except Exception as exc:  # a bad config or an unusable port: say so, no traceback
@@ -157,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 # -- client commands ------------------------------------------------------------------------------
+
 
 def _client(args: argparse.Namespace) -> Any:
     from supervisor.client import OperatorClient
@@ -189,12 +209,21 @@ def _runs(args: argparse.Namespace) -> int:
         runs = client.runs(args.glob)
     rows = [
         {
-            "run": r.run, "connected": r.connected, "connected_ranks": r.connected_ranks, "world_size": r.world_size,
-            "last_step": r.last_step, "step_rate": round(r.step_rate, 3),
-            "latest_metrics": dict(r.latest_metrics), "params": {k: _value(v) for k, v in r.values.items()},
-            "version": r.version, "acked_version": r.acked_version, "pinned": list(r.pinned),
-            "points_received": r.points_received, "points_dropped": r.points_dropped,
-            "outcome": _OUTCOME.get(r.outcome), "last_seen": r.last_seen,
+            "run": r.run,
+            "connected": r.connected,
+            "connected_ranks": r.connected_ranks,
+            "world_size": r.world_size,
+            "last_step": r.last_step,
+            "step_rate": round(r.step_rate, 3),
+            "latest_metrics": dict(r.latest_metrics),
+            "params": {k: _value(v) for k, v in r.values.items()},
+            "version": r.version,
+            "acked_version": r.acked_version,
+            "pinned": list(r.pinned),
+            "points_received": r.points_received,
+            "points_dropped": r.points_dropped,
+            "outcome": _OUTCOME.get(r.outcome),
+            "last_seen": r.last_seen,
         }
         for r in runs
     ]
@@ -204,10 +233,15 @@ def _runs(args: argparse.Namespace) -> int:
     if not rows:
         print("no runs yet")
     for row in rows:
-        state = f"connected {row['connected_ranks']}/{row['world_size']}" if row["connected"] else (
-            row["outcome"] or "disconnected")
+        state = (
+            f"connected {row['connected_ranks']}/{row['world_size']}"
+            if row["connected"]
+            else (row["outcome"] or "disconnected")
+        )
         print(f"{row['run']}  [{state}]  step {row['last_step']}  v{row['version']} (acked v{row['acked_version']})")
-        print("  params:  " + "  ".join(f"{k}={v}{'*' if k in row['pinned'] else ''}" for k, v in row["params"].items()))
+        print(
+            "  params:  " + "  ".join(f"{k}={v}{'*' if k in row['pinned'] else ''}" for k, v in row["params"].items())
+        )
         if row["latest_metrics"]:
             print("  metrics: " + "  ".join(f"{k}={v:.6g}" for k, v in sorted(row["latest_metrics"].items())))
     return 0
@@ -216,11 +250,20 @@ def _runs(args: argparse.Namespace) -> int:
 def _set(args: argparse.Namespace) -> int:
     changes = _parse_assignments(args.assignments)
     with _client(args) as client:
-        response = client.set(args.run, changes, reason=args.reason, apply_at_step=args.at_step, wait=args.wait,
-                              timeout=args.timeout)
+        response = client.set(
+            args.run, changes, reason=args.reason, apply_at_step=args.at_step, wait=args.wait, timeout=args.timeout
+        )
     if args.json:
-        print(json.dumps({"run": args.run, "version": response.version, "acknowledged": response.acknowledged,
-                          "old": {k: _value(v) for k, v in response.old_values.items()}}))
+        print(
+            json.dumps(
+                {
+                    "run": args.run,
+                    "version": response.version,
+                    "acknowledged": response.acknowledged,
+                    "old": {k: _value(v) for k, v in response.old_values.items()},
+                }
+            )
+        )
     else:
         ack = " (applied by the trainer)" if response.acknowledged else ""
         print(f"version {response.version}{ack}")
@@ -230,7 +273,9 @@ def _set(args: argparse.Namespace) -> int:
 def _trigger(args: argparse.Namespace) -> int:
     with _client(args) as client:
         version = client.trigger(args.run, args.name, reason=args.reason)
-    print(json.dumps({"run": args.run, "trigger": args.name, "version": version}) if args.json else f"version {version}")
+    print(
+        json.dumps({"run": args.run, "trigger": args.name, "version": version}) if args.json else f"version {version}"
+    )
     return 0
 
 
@@ -247,8 +292,12 @@ def _release(args: argparse.Namespace) -> int:
 def history_rows(entries: Sequence[pb.HistoryEntry]) -> list[dict[str, Any]]:
     return [
         {
-            "version": e.version or None, "time": e.time, "kind": _KIND.get(e.kind, "?"), "source": e.source,
-            "reason": e.reason, "step": e.step,
+            "version": e.version or None,
+            "time": e.time,
+            "kind": _KIND.get(e.kind, "?"),
+            "source": e.source,
+            "reason": e.reason,
+            "step": e.step,
             "changes": {c.name: {"old": _value(c.old_value), "new": _value(c.new_value)} for c in e.changes},
             "trigger": e.trigger or None,
             "apply_at_step": e.apply_at_step if e.HasField("apply_at_step") else None,
@@ -282,8 +331,11 @@ def _metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for p in client.metrics(args.run, args.name):
             if args.json:
-                print(json.dumps({"rank": p.rank, "seq": p.seq, "step": p.step, "time": p.time, "name": p.name,
-                                  "value": p.value}))
+                print(
+                    json.dumps(
+                        {"rank": p.rank, "seq": p.seq, "step": p.step, "time": p.time, "name": p.name, "value": p.value}
+                    )
+                )
             else:
                 print(f"{p.step:>8}  rank {p.rank}  {p.name:<24} {p.value:.6g}")
     return 0

@@ -44,35 +44,55 @@ class OperatorClient:
         self.close()
 
     def runs(self, glob: str = "") -> list[pb.RunInfo]:
-        return list(self._stub.ListRuns(pb.ListRunsRequest(run_glob=glob), metadata=self._metadata,
-                                        timeout=self.timeout).runs)
+        return list(
+            self._stub.ListRuns(pb.ListRunsRequest(run_glob=glob), metadata=self._metadata, timeout=self.timeout).runs
+        )
 
-    def set(self, run: str, changes: Mapping[str, Any], *, reason: str = "", apply_at_step: int | None = None,
-            wait: bool = False, timeout: float = 30.0) -> pb.SetParamsResponse:
+    def set(
+        self,
+        run: str,
+        changes: Mapping[str, Any],
+        *,
+        reason: str = "",
+        apply_at_step: int | None = None,
+        wait: bool = False,
+        timeout: float = 30.0,
+    ) -> pb.SetParamsResponse:
         """Values may be typed or text (text is parsed by the server according to each parameter's type)."""
-        request = pb.SetParamsRequest(run=run, changes=_wire.values_to_wire(dict(changes)), reason=reason,
-                                      wait=wait, timeout_seconds=timeout)
+        request = pb.SetParamsRequest(
+            run=run, changes=_wire.values_to_wire(dict(changes)), reason=reason, wait=wait, timeout_seconds=timeout
+        )
         if apply_at_step is not None:
             request.apply_at_step = apply_at_step
-        return self._stub.SetParams(request, metadata=self._metadata, timeout=(timeout + self.timeout) if wait else self.timeout)
+        return self._stub.SetParams(
+            request, metadata=self._metadata, timeout=(timeout + self.timeout) if wait else self.timeout
+        )
 
     def trigger(self, run: str, name: str, *, reason: str = "") -> int:
-        return self._stub.FireTrigger(pb.FireTriggerRequest(run=run, name=name, reason=reason),
-                                      metadata=self._metadata, timeout=self.timeout).version
+        return self._stub.FireTrigger(
+            pb.FireTriggerRequest(run=run, name=name, reason=reason), metadata=self._metadata, timeout=self.timeout
+        ).version
 
     def release(self, run: str, names: list[str]) -> list[str]:
-        return list(self._stub.ReleaseParams(pb.ReleaseParamsRequest(run=run, names=names),
-                                             metadata=self._metadata, timeout=self.timeout).released)
+        return list(
+            self._stub.ReleaseParams(
+                pb.ReleaseParamsRequest(run=run, names=names), metadata=self._metadata, timeout=self.timeout
+            ).released
+        )
 
     def history(self, run: str) -> list[pb.HistoryEntry]:
-        return list(self._stub.GetHistory(pb.GetHistoryRequest(run=run), metadata=self._metadata,
-                                          timeout=self.timeout).entries)
+        return list(
+            self._stub.GetHistory(pb.GetHistoryRequest(run=run), metadata=self._metadata, timeout=self.timeout).entries
+        )
 
     def metrics(self, run: str, name: str = "", page_size: int = 10_000) -> Iterator[pb.StoredMetric]:
         token = ""
         while True:
-            page = self._stub.GetMetrics(pb.GetMetricsRequest(run=run, name=name, page_token=token, page_size=page_size),
-                                         metadata=self._metadata, timeout=self.timeout)
+            page = self._stub.GetMetrics(
+                pb.GetMetricsRequest(run=run, name=name, page_token=token, page_size=page_size),
+                metadata=self._metadata,
+                timeout=self.timeout,
+            )
             yield from page.points
             token = page.next_page_token
             if not token:

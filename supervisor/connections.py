@@ -51,8 +51,13 @@ class IngestWriter:
     supervisor's memory growing.
     """
 
-    def __init__(self, db: Database, on_stored: Callable[[list[IngestItem]], Awaitable[None] | None],
-                 *, max_pending: int = 200_000) -> None:
+    def __init__(
+        self,
+        db: Database,
+        on_stored: Callable[[list[IngestItem]], Awaitable[None] | None],
+        *,
+        max_pending: int = 200_000,
+    ) -> None:
         self._db = db
         self._on_stored = on_stored
         self._pending: list[IngestItem] = []

@@ -7,6 +7,7 @@ messages to these calls and SupervisorError subclasses to status codes.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -50,9 +51,17 @@ class Supervisor:
     async def start(self) -> None:
         for row in await self.db.read(Store.load_runs):
             run = RunState(
-                id=row.id, name=row.name, created=row.created, world_size=row.world_size, version=row.version,
-                params={name: param_from_dict(spec) for name, spec in row.specs.items()}, values=row.values,
-                pinned=set(row.pinned), outcome=row.outcome, last_step=row.last_step, last_seen=row.last_seen,
+                id=row.id,
+                name=row.name,
+                created=row.created,
+                world_size=row.world_size,
+                version=row.version,
+                params={name: param_from_dict(spec) for name, spec in row.specs.items()},
+                values=row.values,
+                pinned=set(row.pinned),
+                outcome=row.outcome,
+                last_step=row.last_step,
+                last_seen=row.last_seen,
                 points=row.points,
             )
             run.dropped_by_session[0] = row.dropped
@@ -71,7 +80,9 @@ class Supervisor:
 
     # -- trainer sessions ------------------------------------------------------------------
 
-    async def open_session(self, hello: pb.Hello, peer: str) -> tuple[TrainerStream, RunState, list[pb.ConnectResponse]]:
+    async def open_session(
+        self, hello: pb.Hello, peer: str
+    ) -> tuple[TrainerStream, RunState, list[pb.ConnectResponse]]:
         """Register a trainer; return its stream, its run, and what to send it first (Welcome, deltas)."""
         name = hello.run
         if not name or len(name) > 200 or not name.isprintable():
@@ -102,17 +113,34 @@ class Supervisor:
             run = self.runs.get(name)
             if run is None:
                 run_id = await self.db.write(
-                    Store.create_run, name, world_size=hello.world_size,
-                    specs={n: param_to_dict(p) for n, p in params.items()}, values=values,
-                    version=hello.version, now=now,
+                    Store.create_run,
+                    name,
+                    world_size=hello.world_size,
+                    specs={n: param_to_dict(p) for n, p in params.items()},
+                    values=values,
+                    version=hello.version,
+                    now=now,
                 )
-                run = RunState(id=run_id, name=name, created=now, world_size=hello.world_size,
-                               version=hello.version, params=params, values=values)
+                run = RunState(
+                    id=run_id,
+                    name=name,
+                    created=now,
+                    world_size=hello.world_size,
+                    version=hello.version,
+                    params=params,
+                    values=values,
+                )
                 self.runs[name] = run
                 adopted = True
-                await self._record(run, version=hello.version or None, kind=ADOPT, source="trainer",
-                                   reason="run registered with the values its trainer is using",
-                                   changes={n: (None, v) for n, v in values.items()}, now=now)
+                await self._record(
+                    run,
+                    version=hello.version or None,
+                    kind=ADOPT,
+                    source="trainer",
+                    reason="run registered with the values its trainer is using",
+                    changes={n: (None, v) for n, v in values.items()},
+                    now=now,
+                )
         async with run.lock:
             if run is not None and not adopted:
                 adopted = await self._reconcile(run, hello, params, values, now)
@@ -121,8 +149,15 @@ class Supervisor:
                 run.acked[hello.rank] = await self.db.read(Store.acked_version, run.id, hello.rank)
             if hello.version <= run.version:
                 run.acked[hello.rank] = max(run.acked[hello.rank], hello.version)
-            stream = TrainerStream(run=name, rank=hello.rank, session_id=hello.session_id,
-                                   session_key=session_key, last_seq=last_seq, peer=peer, stored_seq=last_seq)
+            stream = TrainerStream(
+                run=name,
+                rank=hello.rank,
+                session_id=hello.session_id,
+                session_key=session_key,
+                last_seq=last_seq,
+                peer=peer,
+                stored_seq=last_seq,
+            )
             send.append(pb.ConnectResponse(welcome=pb.Welcome(version=run.version, last_seq=last_seq, adopted=adopted)))
             if hello.version < run.version:
                 send.extend(await self._catch_up(run, hello.version, known))
@@ -135,12 +170,19 @@ class Supervisor:
         self.metrics.set_param_values(name, run.values)
         if self.policies is not None:
             self.policies.run_connected(run)
-        log.info("trainer connected: run=%s rank=%d/%d version=%d peer=%s", name, hello.rank, hello.world_size,
-                 hello.version, peer)
+        log.info(
+            "trainer connected: run=%s rank=%d/%d version=%d peer=%s",
+            name,
+            hello.rank,
+            hello.world_size,
+            hello.version,
+            peer,
+        )
         return stream, run, send
 
-    async def _reconcile(self, run: RunState, hello: pb.Hello, params: dict[str, Param],
-                         values: dict[str, Any], now: float) -> bool:
+    async def _reconcile(
+        self, run: RunState, hello: pb.Hello, params: dict[str, Param], values: dict[str, Any], now: float
+    ) -> bool:
         """Bring a known run and a (re)connecting trainer into agreement; True if we adopted its values."""
         # The trainer's declaration wins: it is what the code reads. Values the
         # supervisor holds stay when the new declaration still accepts them.
@@ -153,18 +195,29 @@ class Supervisor:
                     merged[pname] = values[pname]
             run.params, run.values = params, merged
             run.pinned &= set(params)
-            await self.db.write(Store.update_declaration, run.id, world_size=hello.world_size,
-                                specs={n: param_to_dict(p) for n, p in params.items()}, values=merged)
+            await self.db.write(
+                Store.update_declaration,
+                run.id,
+                world_size=hello.world_size,
+                specs={n: param_to_dict(p) for n, p in params.items()},
+                values=merged,
+            )
         if hello.version > run.version or (hello.version == run.version and values != run.values and run.version == 0):
             # The trainer is ahead (the supervisor lost state, or started on an empty
             # database): keep what it is actually using instead of resetting it.
             old = dict(run.values)
             run.values = dict(values)
             version = max(hello.version, run.version) if hello.version > run.version else None
-            await self._record(run, version=version, kind=ADOPT, source="trainer",
-                               reason=f"adopted the values trainer rank {hello.rank} is using (its version {hello.version})",
-                               changes={n: (old.get(n), v) for n, v in values.items() if old.get(n) != v},
-                               values=run.values, now=now)
+            await self._record(
+                run,
+                version=version,
+                kind=ADOPT,
+                source="trainer",
+                reason=f"adopted the values trainer rank {hello.rank} is using (its version {hello.version})",
+                changes={n: (old.get(n), v) for n, v in values.items() if old.get(n) != v},
+                values=run.values,
+                now=now,
+            )
             return True
         return False
 
@@ -175,14 +228,28 @@ class Supervisor:
             rows = await self.db.read(Store.history, run.id, after_version=version)
             return [self._delta_message(row) for row in rows if row.version is not None]
         # A new process for a known run: send the run's current values in one delta.
-        return [pb.ConnectResponse(delta=pb.Delta(
-            version=run.version, changes=_wire.values_to_wire(run.values), source="resync",
-            reason=f"restored run {run.name!r} at version {run.version}", time=time.time()))]
+        return [
+            pb.ConnectResponse(
+                delta=pb.Delta(
+                    version=run.version,
+                    changes=_wire.values_to_wire(run.values),
+                    source="resync",
+                    reason=f"restored run {run.name!r} at version {run.version}",
+                    time=time.time(),
+                )
+            )
+        ]
 
     @staticmethod
     def _delta_message(row: ChangeRow) -> pb.ConnectResponse:
-        delta = pb.Delta(version=row.version or 0, changes=_wire.values_to_wire({n: new for n, (_, new) in row.changes.items()}),
-                         trigger=row.trigger or "", source=row.source, reason=row.reason, time=row.time)
+        delta = pb.Delta(
+            version=row.version or 0,
+            changes=_wire.values_to_wire({n: new for n, (_, new) in row.changes.items()}),
+            trigger=row.trigger or "",
+            source=row.source,
+            reason=row.reason,
+            time=row.time,
+        )
         if row.apply_at_step is not None:
             delta.apply_at_step = row.apply_at_step
         return pb.ConnectResponse(delta=delta)
@@ -221,7 +288,7 @@ class Supervisor:
         run.last_seen = now
         if not points:
             return
-        for previous, point in zip(points, points[1:]):
+        for previous, point in itertools.pairwise(points):
             if point.seq <= previous.seq:
                 raise BadSession(f"metric seq must increase within a batch: {previous.seq} then {point.seq}")
         stream.last_seq = points[-1].seq
@@ -260,9 +327,17 @@ class Supervisor:
 
     # -- changes ---------------------------------------------------------------------------
 
-    async def set_params(self, name: str, requested: dict[str, Any], *, reason: str, source: str = "operator",
-                         apply_at_step: int | None = None, pin: bool = True,
-                         respect_pins: bool = False) -> tuple[int, dict[str, Any]]:
+    async def set_params(
+        self,
+        name: str,
+        requested: dict[str, Any],
+        *,
+        reason: str,
+        source: str = "operator",
+        apply_at_step: int | None = None,
+        pin: bool = True,
+        respect_pins: bool = False,
+    ) -> tuple[int, dict[str, Any]]:
         """Validate, record durably, then send one atomic change. Returns (version, old values).
 
         An operator's change (``pin``) pins its parameters against policies; a
@@ -282,20 +357,39 @@ class Supervisor:
             old = {n: run.values.get(n) for n in changes}
             version = run.version + 1
             pinned = run.pinned | set(changes) if pin else None
-            await self._record(run, version=version, kind=SET, source=source, reason=reason,
-                               changes={n: (old[n], v) for n, v in changes.items()},
-                               apply_at_step=apply_at_step, values={**run.values, **changes}, pinned=pinned)
+            await self._record(
+                run,
+                version=version,
+                kind=SET,
+                source=source,
+                reason=reason,
+                changes={n: (old[n], v) for n, v in changes.items()},
+                apply_at_step=apply_at_step,
+                values={**run.values, **changes},
+                pinned=pinned,
+            )
         return version, old
 
-    async def fire_trigger(self, name: str, trigger: str, *, reason: str, source: str = "operator",
-                           apply_at_step: int | None = None) -> int:
+    async def fire_trigger(
+        self, name: str, trigger: str, *, reason: str, source: str = "operator", apply_at_step: int | None = None
+    ) -> int:
         run = self.get(name)
         if not trigger or not trigger.isprintable() or len(trigger) > 100:
-            raise RefusedChange(f"trigger name must be non-empty printable text of at most 100 characters, got {trigger!r}")
+            raise RefusedChange(
+                f"trigger name must be non-empty printable text of at most 100 characters, got {trigger!r}"
+            )
         async with run.lock:
             version = run.version + 1
-            await self._record(run, version=version, kind=TRIGGER, source=source, reason=reason, changes={},
-                               trigger=trigger, apply_at_step=apply_at_step)
+            await self._record(
+                run,
+                version=version,
+                kind=TRIGGER,
+                source=source,
+                reason=reason,
+                changes={},
+                trigger=trigger,
+                apply_at_step=apply_at_step,
+            )
         return version
 
     async def release(self, name: str, params: Iterable[str]) -> list[str]:
@@ -308,26 +402,62 @@ class Supervisor:
             released = sorted(run.pinned & set(names)) if names else sorted(run.pinned)
             if released:
                 run.pinned -= set(released)
-                await self._record(run, version=None, kind=pb.CHANGE_KIND_RELEASE, source="operator",
-                                   reason="released " + ", ".join(released) + " to policies", changes={},
-                                   pinned=run.pinned)
+                await self._record(
+                    run,
+                    version=None,
+                    kind=pb.CHANGE_KIND_RELEASE,
+                    source="operator",
+                    reason="released " + ", ".join(released) + " to policies",
+                    changes={},
+                    pinned=run.pinned,
+                )
         return released
 
-    async def record_unsent(self, run: RunState, *, kind: int, source: str, reason: str,
-                            changes: dict[str, tuple[Any, Any]], trigger: str | None = None) -> None:
+    async def record_unsent(
+        self,
+        run: RunState,
+        *,
+        kind: int,
+        source: str,
+        reason: str,
+        changes: dict[str, tuple[Any, Any]],
+        trigger: str | None = None,
+    ) -> None:
         """A history entry that changes nothing: a proposal, a refusal, a policy error."""
-        await self._record(run, version=None, kind=kind, source=source, reason=reason, changes=changes,
-                           trigger=trigger)
+        await self._record(run, version=None, kind=kind, source=source, reason=reason, changes=changes, trigger=trigger)
 
-    async def _record(self, run: RunState, *, version: int | None, kind: int, source: str, reason: str,
-                      changes: dict[str, tuple[Any, Any]], trigger: str | None = None,
-                      apply_at_step: int | None = None, values: dict[str, Any] | None = None,
-                      pinned: set[str] | None = None, now: float | None = None) -> None:
+    async def _record(
+        self,
+        run: RunState,
+        *,
+        version: int | None,
+        kind: int,
+        source: str,
+        reason: str,
+        changes: dict[str, tuple[Any, Any]],
+        trigger: str | None = None,
+        apply_at_step: int | None = None,
+        values: dict[str, Any] | None = None,
+        pinned: set[str] | None = None,
+        now: float | None = None,
+    ) -> None:
         """Persist first; only then update memory and tell the trainers."""
         now = time.time() if now is None else now
-        await self.db.write(Store.record_change, run.id, version=version, kind=kind, source=source,
-                            reason=reason, changes=changes, trigger=trigger, apply_at_step=apply_at_step,
-                            step=run.last_step, now=now, values=values, pinned=pinned)
+        await self.db.write(
+            Store.record_change,
+            run.id,
+            version=version,
+            kind=kind,
+            source=source,
+            reason=reason,
+            changes=changes,
+            trigger=trigger,
+            apply_at_step=apply_at_step,
+            step=run.last_step,
+            now=now,
+            values=values,
+            pinned=pinned,
+        )
         if pinned is not None:
             run.pinned = set(pinned)
         if version is None:
@@ -336,8 +466,14 @@ class Supervisor:
         if values is not None:
             run.values = values
         if kind in (SET, TRIGGER):
-            delta = pb.Delta(version=version, changes=_wire.values_to_wire({n: new for n, (_, new) in changes.items()}),
-                             trigger=trigger or "", source=source, reason=reason, time=now)
+            delta = pb.Delta(
+                version=version,
+                changes=_wire.values_to_wire({n: new for n, (_, new) in changes.items()}),
+                trigger=trigger or "",
+                source=source,
+                reason=reason,
+                time=now,
+            )
             if apply_at_step is not None:
                 delta.apply_at_step = apply_at_step
             message = pb.ConnectResponse(delta=delta)
@@ -357,8 +493,15 @@ class Supervisor:
             return
         run.acked[stream.rank] = message.version
         now = time.time()
-        newly = await self.db.write(Store.record_acks, run.id, stream.rank, after=previous, up_to=message.version,
-                                    step=message.step, when=message.time or now)
+        newly = await self.db.write(
+            Store.record_acks,
+            run.id,
+            stream.rank,
+            after=previous,
+            up_to=message.version,
+            step=message.step,
+            when=message.time or now,
+        )
         for _, recorded in newly:
             self.metrics.record_ack(run.name, max(0.0, now - recorded))
         self._wake_waiters(run)

@@ -53,7 +53,13 @@ MAX_QUEUED_POINTS = 10_000
 
 _ATTACHED = "__attached__"
 _OUTCOMES = {"completed": pb.RUN_OUTCOME_COMPLETED, "failed": pb.RUN_OUTCOME_FAILED}
-_DECISION_KIND = {"apply": "applied", "proposal": "shadow", "refused": "refused", "error": "error", "trigger": "trigger"}
+_DECISION_KIND = {
+    "apply": "applied",
+    "proposal": "shadow",
+    "refused": "refused",
+    "error": "error",
+    "trigger": "trigger",
+}
 
 
 def spec_for_policies(name: str, param: Param) -> ParamSpec:
@@ -107,8 +113,11 @@ class PolicyHost:
         saved = await self.core.db.read(Store.load_policy_state)
         if saved:
             attached = {scope: ids for (policy, scope), ids in saved.items() if policy == _ATTACHED}
-            runners = [{"policy": policy, "run": None if scope == "*" else scope, "state": state}
-                       for (policy, scope), state in saved.items() if policy != _ATTACHED]
+            runners = [
+                {"policy": policy, "run": None if scope == "*" else scope, "state": state}
+                for (policy, scope), state in saved.items()
+                if policy != _ATTACHED
+            ]
             self.engine.load_state_dict({"format": 1, "attached": attached, "runners": runners})
             log.info("resumed policy state for %d runs", len(attached))
         self._watchdog = asyncio.create_task(self._watch_vanished(), name="policy-watchdog")
@@ -191,8 +200,14 @@ class PolicyHost:
             await self._apply(run, arbitrate(outcomes, view))
         await self._save(run.name)
 
-    async def _call_runner(self, runner: PolicyRunner, run: RunState, point: MetricPoint | None, view: LiveRunView,
-                           end: tuple[str, float] | None = None) -> list[Outcome]:
+    async def _call_runner(
+        self,
+        runner: PolicyRunner,
+        run: RunState,
+        point: MetricPoint | None,
+        view: LiveRunView,
+        end: tuple[str, float] | None = None,
+    ) -> list[Outcome]:
         if runner.disabled:
             return []
         lock = self._runner_locks.setdefault(id(runner), asyncio.Lock())
@@ -210,8 +225,11 @@ class PolicyHost:
             try:
                 outcomes = await self._in_worker(runner, work)
             except TimeoutError:
-                return [runner.record_failure(f"no decision within {self.timeout:g}s (policy too slow)",
-                                              run=run.name, step=view.step)]
+                return [
+                    runner.record_failure(
+                        f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=view.step
+                    )
+                ]
             finally:
                 self.core.metrics.observe_policy_seconds(runner.policy_id, time.perf_counter() - started)
             return outcomes
@@ -231,30 +249,58 @@ class PolicyHost:
             kind = outcome.kind
             try:
                 if kind == "apply" and outcome.changes:
-                    await self.core.set_params(target.name, dict(outcome.changes), reason=outcome.reason,
-                                               source=source, apply_at_step=outcome.apply_at_step, pin=False,
-                                               respect_pins=True)
+                    await self.core.set_params(
+                        target.name,
+                        dict(outcome.changes),
+                        reason=outcome.reason,
+                        source=source,
+                        apply_at_step=outcome.apply_at_step,
+                        pin=False,
+                        respect_pins=True,
+                    )
                 elif kind == "trigger" and outcome.trigger:
-                    await self.core.fire_trigger(target.name, outcome.trigger, reason=outcome.reason, source=source,
-                                                 apply_at_step=outcome.apply_at_step)
+                    await self.core.fire_trigger(
+                        target.name,
+                        outcome.trigger,
+                        reason=outcome.reason,
+                        source=source,
+                        apply_at_step=outcome.apply_at_step,
+                    )
                 else:
                     await self._record(target, outcome)
             except RefusedChange as exc:
                 kind = "refused"
-                await self._record(target, outcome, kind_override=pb.CHANGE_KIND_REFUSED,
-                                   reason=f"{exc}; policy's reason: {outcome.reason}")
+                await self._record(
+                    target,
+                    outcome,
+                    kind_override=pb.CHANGE_KIND_REFUSED,
+                    reason=f"{exc}; policy's reason: {outcome.reason}",
+                )
             self.core.metrics.record_decision(outcome.policy_id, _DECISION_KIND.get(kind, kind))
 
-    async def _record(self, run: RunState, outcome: Outcome, *, kind_override: int | None = None,
-                      reason: str | None = None) -> None:
-        kind = kind_override or {
-            "proposal": pb.CHANGE_KIND_PROPOSAL, "refused": pb.CHANGE_KIND_REFUSED, "error": pb.CHANGE_KIND_POLICY_ERROR,
-            "apply": pb.CHANGE_KIND_REFUSED, "trigger": pb.CHANGE_KIND_REFUSED,
-        }[outcome.kind]
+    async def _record(
+        self, run: RunState, outcome: Outcome, *, kind_override: int | None = None, reason: str | None = None
+    ) -> None:
+        kind = (
+            kind_override
+            or {
+                "proposal": pb.CHANGE_KIND_PROPOSAL,
+                "refused": pb.CHANGE_KIND_REFUSED,
+                "error": pb.CHANGE_KIND_POLICY_ERROR,
+                "apply": pb.CHANGE_KIND_REFUSED,
+                "trigger": pb.CHANGE_KIND_REFUSED,
+            }[outcome.kind]
+        )
         old = outcome.old or {}
         changes = {n: (old.get(n, run.values.get(n)), v) for n, v in (outcome.changes or {}).items()}
-        await self.core.record_unsent(run, kind=kind, source=f"policy:{outcome.policy_id}",
-                                      reason=reason or outcome.reason, changes=changes, trigger=outcome.trigger)
+        await self.core.record_unsent(
+            run,
+            kind=kind,
+            source=f"policy:{outcome.policy_id}",
+            reason=reason or outcome.reason,
+            changes=changes,
+            trigger=outcome.trigger,
+        )
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -279,7 +325,12 @@ class PolicyHost:
             now = time.time()
             for run in list(self.core.runs.values()):
                 gone = run.disconnected_at
-                if gone is not None and not run.connected and not run.outcome and now - gone > VANISHED_AFTER_SECONDS \
-                        and self.engine.is_attached(run.name):
+                if (
+                    gone is not None
+                    and not run.connected
+                    and not run.outcome
+                    and now - gone > VANISHED_AFTER_SECONDS
+                    and self.engine.is_attached(run.name)
+                ):
                     run.disconnected_at = None
                     self._enqueue(run, ("finish", "vanished"))

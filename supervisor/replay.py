@@ -32,8 +32,10 @@ def replay_command(config: Path, metrics: Path, params: Mapping[str, str], *, as
             if as_json:
                 print(json.dumps(row, sort_keys=False))
             elif "param" in row:
-                print(f"{row['run']} step {row['step']}: {row['policy']} {row['kind']} "
-                      f"{row['param']} {row['old']} -> {row['new']}  ({row['reason']})")
+                print(
+                    f"{row['run']} step {row['step']}: {row['policy']} {row['kind']} "
+                    f"{row['param']} {row['old']} -> {row['new']}  ({row['reason']})"
+                )
             else:
                 what = f"trigger {row['trigger']}" if "trigger" in row else row["kind"]
                 print(f"{row['run']} step {row['step']}: {row['policy']} {what}  ({row['reason']})")

@@ -55,8 +55,10 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong token: set SUPERVISOR_TOKEN (or --token) to the server's token")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong token: set SUPERVISOR_TOKEN (or --token) to the server's token",
+            )
 
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
@@ -105,8 +107,9 @@ class SupervisorServer:
         if self.policy_host is not None:
             await self.policy_host.start()
         if self.metrics is not None:
-            self.metrics_address = self.metrics.serve(self.config.metrics_host or self.config.host,
-                                                      self.config.metrics_port or 0)
+            self.metrics_address = self.metrics.serve(
+                self.config.metrics_host or self.config.host, self.config.metrics_port or 0
+            )
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
 

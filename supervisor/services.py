@@ -40,14 +40,15 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
     def __init__(self, core: Supervisor) -> None:
         self.core = core
 
-    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         first = await context.read()
         if first is grpc.aio.EOF:
             return
         if first.WhichOneof("message") != "hello":
             self.core.metrics.record_error("bad_message")
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
-                                "the first message of a Connect stream must be a hello")
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Connect stream must be a hello"
+            )
         stream, _run, initial = await _call(
             context, self.core.metrics, lambda: self.core.open_session(first.hello, context.peer())
         )
@@ -95,14 +96,16 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
     def __init__(self, core: Supervisor) -> None:
         self.core = core
 
-    async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:  # noqa: N802
+    async def ListRuns(self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext) -> pb.ListRunsResponse:
         return pb.ListRunsResponse(runs=[run_info(run) for run in self.core.list_runs(request.run_glob)])
 
-    async def SetParams(self, request: pb.SetParamsRequest, context: grpc.aio.ServicerContext) -> pb.SetParamsResponse:  # noqa: N802
+    async def SetParams(self, request: pb.SetParamsRequest, context: grpc.aio.ServicerContext) -> pb.SetParamsResponse:
         async def work() -> pb.SetParamsResponse:
             at = request.apply_at_step if request.HasField("apply_at_step") else None
             version, old = await self.core.set_params(
-                request.run, _wire.values_from_wire(request.changes), reason=request.reason or "set by an operator",
+                request.run,
+                _wire.values_from_wire(request.changes),
+                reason=request.reason or "set by an operator",
                 apply_at_step=at,
             )
             acknowledged = False
@@ -115,32 +118,44 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
                         f"version {version} is recorded and will reach run {request.run!r}, but no "
                         f"acknowledgement from every connected rank came within {timeout:g}s",
                     )
-            return pb.SetParamsResponse(version=version, old_values=_wire.values_to_wire(
-                {k: v for k, v in old.items() if v is not None}), acknowledged=acknowledged)
+            return pb.SetParamsResponse(
+                version=version,
+                old_values=_wire.values_to_wire({k: v for k, v in old.items() if v is not None}),
+                acknowledged=acknowledged,
+            )
 
         return await _call(context, self.core.metrics, work)
 
-    async def FireTrigger(self, request: pb.FireTriggerRequest, context: grpc.aio.ServicerContext) -> pb.FireTriggerResponse:  # noqa: N802
+    async def FireTrigger(
+        self, request: pb.FireTriggerRequest, context: grpc.aio.ServicerContext
+    ) -> pb.FireTriggerResponse:
         async def work() -> pb.FireTriggerResponse:
-            version = await self.core.fire_trigger(request.run, request.name,
-                                                   reason=request.reason or "fired by an operator")
+            version = await self.core.fire_trigger(
+                request.run, request.name, reason=request.reason or "fired by an operator"
+            )
             return pb.FireTriggerResponse(version=version)
 
         return await _call(context, self.core.metrics, work)
 
-    async def ReleaseParams(self, request: pb.ReleaseParamsRequest, context: grpc.aio.ServicerContext) -> pb.ReleaseParamsResponse:  # noqa: N802
+    async def ReleaseParams(
+        self, request: pb.ReleaseParamsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseParamsResponse:
         async def work() -> pb.ReleaseParamsResponse:
             return pb.ReleaseParamsResponse(released=await self.core.release(request.run, request.names))
 
         return await _call(context, self.core.metrics, work)
 
-    async def GetHistory(self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext) -> pb.GetHistoryResponse:  # noqa: N802
+    async def GetHistory(
+        self, request: pb.GetHistoryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetHistoryResponse:
         async def work() -> pb.GetHistoryResponse:
             return pb.GetHistoryResponse(entries=[history_entry(row) for row in await self.core.history(request.run)])
 
         return await _call(context, self.core.metrics, work)
 
-    async def GetMetrics(self, request: pb.GetMetricsRequest, context: grpc.aio.ServicerContext) -> pb.GetMetricsResponse:  # noqa: N802
+    async def GetMetrics(
+        self, request: pb.GetMetricsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMetricsResponse:
         async def work() -> pb.GetMetricsResponse:
             try:
                 after = int(request.page_token or 0)
@@ -158,18 +173,34 @@ class OperatorService(pb_grpc.OperatorServiceServicer):
 
 def run_info(run: RunState) -> pb.RunInfo:
     return pb.RunInfo(
-        run=run.name, connected=run.connected, connected_ranks=run.connected_ranks, world_size=run.world_size,
-        last_step=run.last_step, latest_metrics=run.latest, values=_wire.values_to_wire(run.values),
-        params=[_wire.spec_to_wire(n, p) for n, p in run.params.items()], version=run.version,
-        acked_version=run.acked_version(), pinned=sorted(run.pinned), last_seen=run.last_seen,
-        points_received=run.points, points_dropped=run.dropped, outcome=run.outcome, step_rate=run.step_rate(),
+        run=run.name,
+        connected=run.connected,
+        connected_ranks=run.connected_ranks,
+        world_size=run.world_size,
+        last_step=run.last_step,
+        latest_metrics=run.latest,
+        values=_wire.values_to_wire(run.values),
+        params=[_wire.spec_to_wire(n, p) for n, p in run.params.items()],
+        version=run.version,
+        acked_version=run.acked_version(),
+        pinned=sorted(run.pinned),
+        last_seen=run.last_seen,
+        points_received=run.points,
+        points_dropped=run.dropped,
+        outcome=run.outcome,
+        step_rate=run.step_rate(),
     )
 
 
 def history_entry(row: ChangeRow) -> pb.HistoryEntry:
     entry = pb.HistoryEntry(
-        version=row.version or 0, time=row.time, kind=row.kind, source=row.source, reason=row.reason,
-        trigger=row.trigger or "", step=row.step,
+        version=row.version or 0,
+        time=row.time,
+        kind=row.kind,
+        source=row.source,
+        reason=row.reason,
+        trigger=row.trigger or "",
+        step=row.step,
         acks=[pb.RankAck(rank=r, step=s, time=t) for r, s, t in row.acks],
     )
     for name, (old, new) in row.changes.items():

@@ -144,9 +144,7 @@ class Store:
             if row is None:
                 conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"{self.path} has schema version {row[0]}, this supervisor reads {SCHEMA_VERSION}"
-                )
+                raise RuntimeError(f"{self.path} has schema version {row[0]}, this supervisor reads {SCHEMA_VERSION}")
         self._conn = conn
 
     def _connect(self) -> sqlite3.Connection:
@@ -175,14 +173,27 @@ class Store:
             " WHERE s.run_id = r.id), 0) FROM runs r ORDER BY r.name"
         ).fetchall()
         return [
-            RunRow(id=r[0], name=r[1], created=r[2], world_size=r[3], version=r[4], specs=json.loads(r[5]),
-                   values=json.loads(r[6]), pinned=json.loads(r[7]), outcome=r[8], last_step=r[9],
-                   last_seen=r[10], points=r[11], dropped=r[12])
+            RunRow(
+                id=r[0],
+                name=r[1],
+                created=r[2],
+                world_size=r[3],
+                version=r[4],
+                specs=json.loads(r[5]),
+                values=json.loads(r[6]),
+                pinned=json.loads(r[7]),
+                outcome=r[8],
+                last_step=r[9],
+                last_seen=r[10],
+                points=r[11],
+                dropped=r[12],
+            )
             for r in rows
         ]
 
-    def create_run(self, name: str, *, world_size: int, specs: dict[str, Any], values: dict[str, Any],
-                   version: int, now: float) -> int:
+    def create_run(
+        self, name: str, *, world_size: int, specs: dict[str, Any], values: dict[str, Any], version: int, now: float
+    ) -> int:
         with self._txn():
             cur = self._conn.execute(
                 "INSERT INTO runs (name, created, world_size, version, specs, vals) VALUES (?, ?, ?, ?, ?, ?)",
@@ -190,8 +201,9 @@ class Store:
             )
             return int(cur.lastrowid or 0)
 
-    def update_declaration(self, run_id: int, *, world_size: int, specs: dict[str, Any],
-                           values: dict[str, Any]) -> None:
+    def update_declaration(
+        self, run_id: int, *, world_size: int, specs: dict[str, Any], values: dict[str, Any]
+    ) -> None:
         with self._txn():
             self._conn.execute(
                 "UPDATE runs SET world_size = ?, specs = ?, vals = ?, outcome = 0 WHERE id = ?",
@@ -204,10 +216,22 @@ class Store:
 
     # -- changes -------------------------------------------------------------------------
 
-    def record_change(self, run_id: int, *, version: int | None, kind: int, source: str, reason: str,
-                      changes: dict[str, tuple[Any, Any]], trigger: str | None, apply_at_step: int | None,
-                      step: int, now: float, values: dict[str, Any] | None = None,
-                      pinned: Iterable[str] | None = None) -> int:
+    def record_change(
+        self,
+        run_id: int,
+        *,
+        version: int | None,
+        kind: int,
+        source: str,
+        reason: str,
+        changes: dict[str, tuple[Any, Any]],
+        trigger: str | None,
+        apply_at_step: int | None,
+        step: int,
+        now: float,
+        values: dict[str, Any] | None = None,
+        pinned: Iterable[str] | None = None,
+    ) -> int:
         """Append to the history; with ``values`` also make them the run's current state.
 
         A versioned entry is committed with synchronous=FULL: it must survive
@@ -229,9 +253,7 @@ class Store:
                 if values is not None:
                     self._conn.execute("UPDATE runs SET vals = ? WHERE id = ?", (json.dumps(values), run_id))
                 if pinned is not None:
-                    self._conn.execute(
-                        "UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id)
-                    )
+                    self._conn.execute("UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id))
                 return int(cur.lastrowid or 0)
         finally:
             if durable:
@@ -245,12 +267,14 @@ class Store:
         if after_version is None:
             rows = self._conn.execute(
                 "SELECT id, version, time, kind, source, reason, body, trigger_name, apply_at_step, step"
-                " FROM changes WHERE run_id = ? ORDER BY id", (run_id,)
+                " FROM changes WHERE run_id = ? ORDER BY id",
+                (run_id,),
             ).fetchall()
         else:
             rows = self._conn.execute(
                 "SELECT id, version, time, kind, source, reason, body, trigger_name, apply_at_step, step"
-                " FROM changes WHERE run_id = ? AND version > ? ORDER BY version", (run_id, after_version)
+                " FROM changes WHERE run_id = ? AND version > ? ORDER BY version",
+                (run_id, after_version),
             ).fetchall()
         acks: dict[int, list[tuple[int, int, float]]] = {}
         for version, rank, step, when in self._conn.execute(
@@ -258,14 +282,25 @@ class Store:
         ):
             acks.setdefault(version, []).append((rank, step, when))
         return [
-            ChangeRow(id=r[0], version=r[1], time=r[2], kind=r[3], source=r[4], reason=r[5],
-                      changes=json.loads(r[6])["changes"], trigger=r[7], apply_at_step=r[8], step=r[9],
-                      acks=acks.get(r[1], []) if r[1] is not None else [])
+            ChangeRow(
+                id=r[0],
+                version=r[1],
+                time=r[2],
+                kind=r[3],
+                source=r[4],
+                reason=r[5],
+                changes=json.loads(r[6])["changes"],
+                trigger=r[7],
+                apply_at_step=r[8],
+                step=r[9],
+                acks=acks.get(r[1], []) if r[1] is not None else [],
+            )
             for r in rows
         ]
 
-    def record_acks(self, run_id: int, rank: int, *, after: int, up_to: int, step: int,
-                    when: float) -> list[tuple[int, float]]:
+    def record_acks(
+        self, run_id: int, rank: int, *, after: int, up_to: int, step: int, when: float
+    ) -> list[tuple[int, float]]:
         """Record that ``rank`` applied every version in (after, up_to]; return (version, recorded time)."""
         with self._txn():
             newly = self._conn.execute(
@@ -336,8 +371,9 @@ class Store:
         with self._txn():
             self._conn.execute("UPDATE runs SET last_seen = ? WHERE id = ?", (when, run_id))
 
-    def metrics(self, run_id: int, *, name: str = "", after: int = 0,
-                limit: int = 10_000) -> tuple[list[tuple[int, int, int, float, str, float]], int]:
+    def metrics(
+        self, run_id: int, *, name: str = "", after: int = 0, limit: int = 10_000
+    ) -> tuple[list[tuple[int, int, int, float, str, float]], int]:
         """A page of (rank, seq, step, time, name, value) in storage order, and the cursor to go on from."""
         sql = "SELECT rowid, rank, seq, step, time, name, value FROM metrics WHERE run_id = ? AND rowid > ?"
         args: list[Any] = [run_id, after]
@@ -355,7 +391,8 @@ class Store:
     def save_policy_state(self, items: Iterable[tuple[str, str, Any]]) -> None:
         with self._txn():
             self._conn.executemany(
-                "INSERT INTO policy_state VALUES (?, ?, ?) ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
+                "INSERT INTO policy_state VALUES (?, ?, ?)"
+                " ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
                 [(policy, scope, json.dumps(state)) for policy, scope, state in items],
             )
 

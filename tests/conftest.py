@@ -67,8 +67,9 @@ class SupervisorProcess:
         return self.proc.wait(timeout)
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*SUPERVISOR, *args, "--address", self.address], capture_output=True, text=True,
-                                timeout=timeout, cwd=ROOT)
+        result = subprocess.run(
+            [*SUPERVISOR, *args, "--address", self.address], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+        )
         if check and result.returncode != 0:
             raise AssertionError(f"supervisor {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
@@ -100,9 +101,14 @@ class TrainerProcess:
     """tests/core/trainer.py in a subprocess; it prints one JSON object per event."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "core" / "trainer.py"), *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "core" / "trainer.py"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
 
     def events(self, timeout: float = 120.0) -> list[dict]:
         out, err = self.proc.communicate(timeout=timeout)

@@ -35,6 +35,7 @@ class Session:
     __slots__ = ("_state", "_transport", "__dict__", "__weakref__")
 
     if TYPE_CHECKING:  # parameters are dynamic attributes
+
         def __getattr__(self, name: str) -> Any: ...
 
     def __init__(self) -> None:  # pragma: no cover - built by connect()
@@ -68,7 +69,8 @@ class Session:
 
     def __repr__(self) -> str:
         status = "connected" if self.connected else "offline" if self._transport is None else "disconnected"
-        return f"<Session run={self._state.run!r} rank={self._state.rank} version={self.version} {status} {self.as_dict()!r}>"
+        state = self._state
+        return f"<Session run={state.run!r} rank={state.rank} version={self.version} {status} {self.as_dict()!r}>"
 
     # -- reporting ------------------------------------------------------------------
 
@@ -161,8 +163,11 @@ class Session:
 
         outcome = pb.RUN_OUTCOME_FAILED if failed else pb.RUN_OUTCOME_COMPLETED
         if not transport.close(outcome, timeout):
-            log.warning("closing run %r with %d metric points not stored by the supervisor",
-                        self._state.run, len(transport._unacked) + len(self._state.queue))
+            log.warning(
+                "closing run %r with %d metric points not stored by the supervisor",
+                self._state.run,
+                len(transport._unacked) + len(self._state.queue),
+            )
         self._state.stop_callbacks()
         sampler = getattr(self._state, "sampler", None)
         if sampler is not None:
@@ -225,8 +230,13 @@ def _specialise(session: Session, values: dict[str, ParamValue], report: Callabl
     cls = type(
         "Session",
         (Session,),
-        {"__slots__": (), "__getitem__": staticmethod(values.__getitem__), "report": staticmethod(report),
-         "__module__": Session.__module__, "__doc__": Session.__doc__},
+        {
+            "__slots__": (),
+            "__getitem__": staticmethod(values.__getitem__),
+            "report": staticmethod(report),
+            "__module__": Session.__module__,
+            "__doc__": Session.__doc__,
+        },
     )
     object.__setattr__(session, "__class__", cls)
 
@@ -270,8 +280,9 @@ def connect(
         raise ValueError(f"buffer_size must be positive, got {buffer_size}")
 
     values: dict[str, ParamValue] = {name: param.check(param.default, name=name) for name, param in declared.items()}
-    state = SessionState(run=run, rank=rank, world_size=world_size, params=declared, values=values,
-                         buffer_size=buffer_size)
+    state = SessionState(
+        run=run, rank=rank, world_size=world_size, params=declared, values=values, buffer_size=buffer_size
+    )
     session = object.__new__(Session)
     object.__setattr__(session, "_state", state)
     object.__setattr__(session, "__dict__", values)

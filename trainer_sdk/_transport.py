@@ -224,17 +224,23 @@ class Transport:
                 if self.stopping.is_set():
                     break
                 code = exc.code() if hasattr(exc, "code") else None
-                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED,
-                            grpc.StatusCode.PERMISSION_DENIED):
-                    log.error("the supervisor refused this session: %s; training continues offline",
-                              exc.details() if hasattr(exc, "details") else exc)
+                if code in (
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    grpc.StatusCode.UNAUTHENTICATED,
+                    grpc.StatusCode.PERMISSION_DENIED,
+                ):
+                    log.error(
+                        "the supervisor refused this session: %s; training continues offline",
+                        exc.details() if hasattr(exc, "details") else exc,
+                    )
                     self._disconnect(outbox)
                     break
                 if not outage_logged:
                     outage_logged = True
                     log.warning(
                         "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
-                        self.address, code.name if code else exc,
+                        self.address,
+                        code.name if code else exc,
                     )
             except Exception:
                 log.exception("trainer_sdk connection failed unexpectedly; reconnecting")
@@ -310,8 +316,10 @@ class Transport:
         deadline = time.monotonic() + timeout
         self._goodbye = pb.Goodbye(outcome=outcome)
         self.state.poke()
-        while time.monotonic() < deadline and self.connected.is_set() and (
-            not self.flushed() or self._goodbye is not None
+        while (
+            time.monotonic() < deadline
+            and self.connected.is_set()
+            and (not self.flushed() or self._goodbye is not None)
         ):
             time.sleep(0.01)
         flushed = self.flushed()

@@ -17,8 +17,14 @@ from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
 
 def hello(run: str = "raw", **overrides) -> pb.ConnectRequest:
-    fields = dict(run=run, rank=0, world_size=1, session_id="s1",
-                  params=[_wire.spec_to_wire("lr", Float(0.1, min=0.0, max=1.0))], version=0)
+    fields = dict(
+        run=run,
+        rank=0,
+        world_size=1,
+        session_id="s1",
+        params=[_wire.spec_to_wire("lr", Float(0.1, min=0.0, max=1.0))],
+        version=0,
+    )
     fields.update(overrides)
     return pb.ConnectRequest(hello=pb.Hello(**fields))
 
@@ -56,11 +62,15 @@ def test_invalid_session_is_refused_with_a_reason(supervisor, message, expected)
 
 
 def test_oversized_message_is_refused_and_nothing_else_suffers(supervisor):
-    huge = pb.MetricBatch(points=[pb.MetricPoint(seq=i + 1, step=i, values={f"m{j}": 1.0 for j in range(40)})
-                                  for i in range(8_000)])
+    huge = pb.MetricBatch(
+        points=[pb.MetricPoint(seq=i + 1, step=i, values={f"m{j}": 1.0 for j in range(40)}) for i in range(8_000)]
+    )
     assert huge.ByteSize() > 4 * 1024 * 1024
-    channel, call = open_stream(supervisor.address, [hello("big"), pb.ConnectRequest(metrics=huge)],
-                                **{"grpc.max_send_message_length": 64 * 1024 * 1024})
+    channel, call = open_stream(
+        supervisor.address,
+        [hello("big"), pb.ConnectRequest(metrics=huge)],
+        **{"grpc.max_send_message_length": 64 * 1024 * 1024},
+    )
     with pytest.raises(grpc.RpcError) as info:
         list(call)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -78,8 +88,9 @@ def test_unexpected_message_after_hello_closes_only_that_stream(supervisor):
 
 
 def test_non_monotonic_sequence_is_refused(supervisor):
-    batch = pb.MetricBatch(points=[pb.MetricPoint(seq=5, step=1, values={"x": 1.0}),
-                                   pb.MetricPoint(seq=4, step=2, values={"x": 1.0})])
+    batch = pb.MetricBatch(
+        points=[pb.MetricPoint(seq=5, step=1, values={"x": 1.0}), pb.MetricPoint(seq=4, step=2, values={"x": 1.0})]
+    )
     channel, call = open_stream(supervisor.address, [hello("seq"), pb.ConnectRequest(metrics=batch)])
     with pytest.raises(grpc.RpcError) as info:
         list(call)
@@ -90,7 +101,11 @@ def test_non_monotonic_sequence_is_refused(supervisor):
 
 def test_garbage_on_the_port_does_not_hurt_the_server(supervisor):
     host, port = supervisor.address.rsplit(":", 1)
-    for payload in (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", bytes(range(256)) * 64, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 1000):
+    for payload in (
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        bytes(range(256)) * 64,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\xff" * 1000,
+    ):
         with socket.create_connection((host, int(port)), timeout=5) as sock:
             sock.sendall(payload)
             try:
@@ -104,8 +119,13 @@ def test_token_is_required_when_configured(supervisor_factory, tmp_path):
     secured = supervisor_factory(tmp_path / "auth.db", args=("--token", "s3cret"))
     result = secured.cli("runs", check=False)
     assert result.returncode != 0 and "missing or wrong token" in result.stderr
-    ok = subprocess.run([sys.executable, "-m", "supervisor", "runs", "--address", secured.address, "--token", "s3cret"],
-                        capture_output=True, text=True, cwd=ROOT, timeout=30)
+    ok = subprocess.run(
+        [sys.executable, "-m", "supervisor", "runs", "--address", secured.address, "--token", "s3cret"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
     assert ok.returncode == 0, ok.stderr
 
 
@@ -115,6 +135,11 @@ def test_bad_cli_usage_is_explained(supervisor):
 
 
 def test_unreachable_supervisor_is_explained():
-    result = subprocess.run([sys.executable, "-m", "supervisor", "runs", "--address", "127.0.0.1:1"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "supervisor", "runs", "--address", "127.0.0.1:1"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 1 and "no supervisor answers at 127.0.0.1:1" in result.stderr

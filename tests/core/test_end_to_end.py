@@ -84,11 +84,14 @@ def test_trigger_fires_once(supervisor, trainers):
 
 
 def test_metric_stream_is_complete_and_keeps_non_finite_values(supervisor, trainers):
-    trainer = trainers("--run", "stream", "--address", supervisor.address, "--steps", "300", "--sleep", "0.002",
-                       "--nan-at", "7")
+    trainer = trainers(
+        "--run", "stream", "--address", supervisor.address, "--steps", "300", "--sleep", "0.002", "--nan-at", "7"
+    )
     done = trainer.events()[-1]
     assert done["flushed"] is True
-    points = [json.loads(line) for line in supervisor.cli("metrics", "stream", "--name", "loss", "--json").stdout.splitlines()]
+    points = [
+        json.loads(line) for line in supervisor.cli("metrics", "stream", "--name", "loss", "--json").stdout.splitlines()
+    ]
     assert sorted(p["step"] for p in points) == list(range(300))
     assert math.isnan(next(p["value"] for p in points if p["step"] == 7))
     run = runs_by_name(supervisor)["stream"]
@@ -116,8 +119,10 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers
     history = [e for e in second.json("history", "crash") if e["version"]]
     assert [e["version"] for e in history] == [1, 2]
     assert all(e["acks"] for e in history)
-    steps = Counter(json.loads(line)["step"]
-                    for line in second.cli("metrics", "crash", "--name", "loss", "--json").stdout.splitlines())
+    steps = Counter(
+        json.loads(line)["step"]
+        for line in second.cli("metrics", "crash", "--name", "loss", "--json").stdout.splitlines()
+    )
     assert sorted(steps) == list(range(700)), "gaps in the stored metric stream"
     assert max(steps.values()) == 1, "duplicates in the stored metric stream"
 
@@ -151,8 +156,19 @@ def test_new_process_for_known_run_gets_current_values(supervisor, trainers):
 
 def test_bounded_buffer_drops_oldest_and_reports_it(tmp_path, supervisor_factory, trainers):
     port = free_port()
-    trainer = trainers("--run", "drops", "--address", f"127.0.0.1:{port}", "--steps", "400", "--sleep", "0.01",
-                       "--buffer-size", "100", "--no-wait")
+    trainer = trainers(
+        "--run",
+        "drops",
+        "--address",
+        f"127.0.0.1:{port}",
+        "--steps",
+        "400",
+        "--sleep",
+        "0.01",
+        "--buffer-size",
+        "100",
+        "--no-wait",
+    )
     time.sleep(2.5)  # ~250 points reported with nobody listening; the buffer keeps 100
     supervisor = supervisor_factory(tmp_path / "late.db", port=port)
     done = trainer.events()[-1]

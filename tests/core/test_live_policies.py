@@ -27,8 +27,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def session(address: str, run: str):
-    hp = connect(run=run, params={"lr": Float(0.1, min=1e-6, max=1.0)}, address=address, telemetry=False,
-                 backoff_max=0.2)
+    hp = connect(
+        run=run, params={"lr": Float(0.1, min=1e-6, max=1.0)}, address=address, telemetry=False, backoff_max=0.2
+    )
     assert hp.wait_connected(10)
     return hp
 
@@ -64,7 +65,10 @@ def test_restart_mid_plateau_resumes_exactly(tmp_path, supervisor_factory):
 
 
 def test_crashing_and_sleeping_policies_do_not_disturb_other_runs(tmp_path, supervisor_factory):
-    config = write(tmp_path, PLATEAU.format(runs="*", mode="act") + """
+    config = write(
+        tmp_path,
+        PLATEAU.format(runs="*", mode="act")
+        + """
 [[policy]]
 id = "crashy"
 type = "tests.core.policies_for_tests:Crash"
@@ -75,7 +79,8 @@ id = "sleepy"
 type = "tests.core.policies_for_tests:Sleepy"
 runs = "slow-*"
 seconds = 5.0
-""")
+""",
+    )
     supervisor = supervisor_factory(tmp_path / "c.db", args=("--config", str(config)))
     sessions = {name: session(supervisor.address, name) for name in ("crash-1", "slow-1", "ok-1")}
     for step in range(7):
@@ -87,8 +92,13 @@ seconds = 5.0
         assert [e["step"] for e in policy_entries(supervisor, name)][:2] == [3, 6]
     errors = [e for e in supervisor.json("history", "crash-1") if e["kind"] == "policy-error"]
     assert len(errors) == 3 and "boom at step" in errors[0]["reason"]  # disabled after max_failures
-    wait_until(lambda: any(e["kind"] == "policy-error" and "too slow" in e["reason"]
-                           for e in supervisor.json("history", "slow-1")), timeout=15, message="timeout recorded")
+    wait_until(
+        lambda: any(
+            e["kind"] == "policy-error" and "too slow" in e["reason"] for e in supervisor.json("history", "slow-1")
+        ),
+        timeout=15,
+        message="timeout recorded",
+    )
     runs = {r["run"]: r for r in supervisor.json("runs")}
     assert all(runs[n]["points_received"] == 7 for n in sessions)  # ingestion never stalled
     for hp in sessions.values():
@@ -132,7 +142,23 @@ def test_invalid_config_stops_the_server_with_a_named_key(tmp_path):
     from tests.conftest import ROOT
 
     bad = write(tmp_path, '[[policy]]\ntype = "plateau"\nmetric = "val_loss"\nfactor = 1.5\n')
-    result = subprocess.run([sys.executable, "-m", "supervisor", "serve", "--port", "0", "--db", str(tmp_path / "x.db"),
-                             "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "supervisor",
+            "serve",
+            "--port",
+            "0",
+            "--db",
+            str(tmp_path / "x.db"),
+            "--config",
+            str(bad),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "factor" in result.stderr and "1.5" in result.stderr, result.stderr

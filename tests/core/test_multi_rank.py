@@ -12,8 +12,17 @@ from trainer_sdk import Float, connect
 
 
 def test_ranks_switch_at_the_same_step_and_all_acknowledge(supervisor):
-    ranks = [connect(run="ddp", params={"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address,
-                     rank=r, world_size=2, telemetry=False) for r in range(2)]
+    ranks = [
+        connect(
+            run="ddp",
+            params={"lr": Float(0.1, min=0.0, max=1.0)},
+            address=supervisor.address,
+            rank=r,
+            world_size=2,
+            telemetry=False,
+        )
+        for r in range(2)
+    ]
     assert all(hp.wait_connected(10) for hp in ranks)
     switched: dict[int, int] = {}
     started = threading.Barrier(2)
@@ -64,8 +73,13 @@ print("steps", step)
 
 
 def test_forked_dataloader_workers_neither_hang_nor_break_the_session(supervisor):
-    result = subprocess.run([sys.executable, "-c", FORKING_TRAINER, supervisor.address], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", FORKING_TRAINER, supervisor.address],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps 24" in result.stdout
     assert supervisor.json("runs")[0]["points_received"] == 24

@@ -14,11 +14,27 @@ from trainer_sdk import Bool, Choice, Float, Int, InvalidValue, connect
 
 def test_plain_defaults_and_declarations(caplog):
     with caplog.at_level(logging.WARNING, logger="trainer_sdk"):
-        hp = connect(run="local", params={"lr": Float(0.05, min=1e-5, max=1.0, log=True), "weight_decay": 0.0,
-                                          "epochs": 3, "nesterov": True, "opt": Choice("adam", choices=["adam", "sgd"]),
-                                          "name": "x"}, address=None)
+        hp = connect(
+            run="local",
+            params={
+                "lr": Float(0.05, min=1e-5, max=1.0, log=True),
+                "weight_decay": 0.0,
+                "epochs": 3,
+                "nesterov": True,
+                "opt": Choice("adam", choices=["adam", "sgd"]),
+                "name": "x",
+            },
+            address=None,
+        )
     assert (hp.lr, hp["lr"], hp.weight_decay, hp.epochs, hp.nesterov, hp.opt, hp.name) == (
-        0.05, 0.05, 0.0, 3, True, "adam", "x")
+        0.05,
+        0.05,
+        0.0,
+        3,
+        True,
+        "adam",
+        "x",
+    )
     assert not hp.connected and hp.version == 0 and hp.as_dict()["epochs"] == 3
     offline = [r for r in caplog.records if "offline" in r.getMessage()]
     assert len(offline) == 1  # one warning, no exception
@@ -46,7 +62,10 @@ def test_reserved_or_invalid_names_are_refused(name):
     [
         (lambda: Float(0.1, min=1.0, max=0.0), "min (1.0) must not exceed max (0.0)"),
         (lambda: Float(0.1, log=True), "log=True needs a positive min"),
-        (lambda: connect(run="d", params={"lr": Float(2.0, max=1.0)}, address=None), "lr: 2.0 is above the maximum 1.0"),
+        (
+            lambda: connect(run="d", params={"lr": Float(2.0, max=1.0)}, address=None),
+            "lr: 2.0 is above the maximum 1.0",
+        ),
         (lambda: connect(run="d", params={"lr": [1]}, address=None), "declare a number, bool, string"),
         (lambda: connect(run="", params={}, address=None), "run must be a non-empty"),
         (lambda: connect(run="d", params={}, address=None, rank=2, world_size=2), "rank must be in [0, world_size)"),
@@ -63,8 +82,12 @@ def test_values_are_checked_by_type():
     assert Int(1, min=0).check("3", name="n") == 3
     assert Bool(False).check("yes", name="b") is True
     assert Choice("a", choices=["a", "b"]).check("b", name="c") == "b"
-    for param, value, message in [(Int(1), 0.5, "expected a whole number"), (Bool(True), "maybe", "expected true or false"),
-                                  (Choice("a", choices=["a", "b"]), "z", "is not one of"), (Float(0.1), True, "expected a number")]:
+    for param, value, message in [
+        (Int(1), 0.5, "expected a whole number"),
+        (Bool(True), "maybe", "expected true or false"),
+        (Choice("a", choices=["a", "b"]), "z", "is not one of"),
+        (Float(0.1), True, "expected a number"),
+    ]:
         with pytest.raises(InvalidValue, match=message):
             param.check(value, name="p")
 
@@ -77,8 +100,10 @@ def test_rank_and_world_size_come_from_torchrun_variables(monkeypatch):
 
 
 def test_sdk_imports_neither_torch_nor_supervisor_nor_policies():
-    code = ("import sys, trainer_sdk; bad = [m for m in ('torch', 'optuna', 'supervisor', 'policies', 'numpy') "
-            "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys, trainer_sdk; bad = [m for m in ('torch', 'optuna', 'supervisor', 'policies', 'numpy') "
+        "if m in sys.modules]; print(bad); sys.exit(1 if bad else 0)"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
 

@@ -30,11 +30,29 @@ def main() -> int:
     parser.add_argument("--no-wait", action="store_true", help="start training without waiting to connect")
     args = parser.parse_args()
 
-    hp = connect(run=args.run, address=args.address, telemetry=False, buffer_size=args.buffer_size,
-                 params={"lr": Float(0.1, min=1e-5, max=1.0, log=True), "momentum": Float(0.9, min=0.0, max=1.0),
-                         "weight_decay": 0.0})
-    hp.on_change(lambda e: emit(event="change", version=e.version, new=dict(e.new), old=dict(e.old),
-                                trigger=e.trigger, source=e.source, reason=e.reason, step=e.step))
+    hp = connect(
+        run=args.run,
+        address=args.address,
+        telemetry=False,
+        buffer_size=args.buffer_size,
+        params={
+            "lr": Float(0.1, min=1e-5, max=1.0, log=True),
+            "momentum": Float(0.9, min=0.0, max=1.0),
+            "weight_decay": 0.0,
+        },
+    )
+    hp.on_change(
+        lambda e: emit(
+            event="change",
+            version=e.version,
+            new=dict(e.new),
+            old=dict(e.old),
+            trigger=e.trigger,
+            source=e.source,
+            reason=e.reason,
+            step=e.step,
+        )
+    )
     if not args.no_wait and hp.wait_connected(10):
         emit(event="connected", version=hp.version)
     seen: list[tuple[int, dict]] = []
@@ -56,8 +74,16 @@ def main() -> int:
         durations.append(time.perf_counter() - t0)
         step += 1
     flushed = hp.flush(30)
-    emit(event="done", steps=step, seen=seen, version=hp.version, values=hp.as_dict(), dropped=hp.dropped,
-         flushed=flushed, max_step_seconds=max(durations or [0.0]))
+    emit(
+        event="done",
+        steps=step,
+        seen=seen,
+        version=hp.version,
+        values=hp.as_dict(),
+        dropped=hp.dropped,
+        flushed=flushed,
+        max_step_seconds=max(durations or [0.0]),
+    )
     hp.close()
     return 0
 
