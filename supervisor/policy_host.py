@@ -277,6 +277,8 @@ class PolicyHost:
                     reason=f"{exc}; policy's reason: {outcome.reason}",
                 )
             self.core.metrics.record_decision(outcome.policy_id, _DECISION_KIND.get(kind, kind))
+            if kind == "error":
+                self.core.metrics.record_error("policy_error")
 
     async def _record(
         self, run: RunState, outcome: Outcome, *, kind_override: int | None = None, reason: str | None = None

@@ -25,13 +25,14 @@ _STATUS = {
     RefusedChange: grpc.StatusCode.INVALID_ARGUMENT,
     BadSession: grpc.StatusCode.INVALID_ARGUMENT,
 }
+_ERROR_KIND = {UnknownRun: "unknown_run", RefusedChange: "invalid_change", BadSession: "bad_message"}
 
 
 async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[[], Awaitable[T]]) -> T:
     try:
         return await work()
     except SupervisorError as exc:
-        metrics.record_error(type(exc).__name__)
+        metrics.record_error(_ERROR_KIND.get(type(exc), "request_error"))
         await context.abort(_STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), str(exc))
         raise  # unreachable: abort raises
 
