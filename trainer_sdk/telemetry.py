@@ -136,21 +136,22 @@ class _NvmlSource:
             utilization = self._read(i, "utilization", nvml.nvmlDeviceGetUtilizationRates, handle)
             memory = self._read(i, "memory", nvml.nvmlDeviceGetMemoryInfo, handle)
             power = self._read(i, "power", nvml.nvmlDeviceGetPowerUsage, handle)
-            temperature = self._read(i, "temperature", nvml.nvmlDeviceGetTemperature, handle,
-                                     nvml.NVML_TEMPERATURE_GPU)
-            out.update(nvml_metrics(
-                i,
-                utilization_percent=None if utilization is None else utilization.gpu,
-                memory_used_bytes=None if memory is None else memory.used,
-                power_milliwatts=power,
-                temperature_celsius=temperature,
-            ))
+            temperature = self._read(i, "temperature", nvml.nvmlDeviceGetTemperature, handle, nvml.NVML_TEMPERATURE_GPU)
+            out.update(
+                nvml_metrics(
+                    i,
+                    utilization_percent=None if utilization is None else utilization.gpu,
+                    memory_used_bytes=None if memory is None else memory.used,
+                    power_milliwatts=power,
+                    temperature_celsius=temperature,
+                )
+            )
         return out
 
     def close(self) -> None:
         try:
             self.nvml.nvmlShutdown()
-        except Exception:  # noqa: BLE001, S110 - shutting down anyway
+        except Exception:  # shutting down anyway
             pass
 
 
@@ -263,7 +264,7 @@ class TelemetrySampler:
             reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         try:
             source = _HostSource()
-        except Exception as exc:  # noqa: BLE001 - no /proc (not Linux)
+        except Exception as exc:  # no /proc (not Linux)
             log.info("telemetry off: no NVIDIA GPU telemetry (%s) and no host readings (%s)", reason, exc)
             return None
         log.info("no NVIDIA GPU telemetry (%s): reporting host CPU and memory instead", reason)

@@ -71,8 +71,9 @@ def _total_norm(grads: list[Any], norm_type: float) -> torch.Tensor:
         return torch.linalg.vector_norm(torch.stack([n.to(first_device) for n in norms]), norm_type)
 
 
-def clip_and_norm(parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float,
-                  norm_type: float = 2.0) -> torch.Tensor:
+def clip_and_norm(
+    parameters: torch.Tensor | Iterable[torch.Tensor], max_norm: float, norm_type: float = 2.0
+) -> torch.Tensor:
     """``torch.nn.utils.clip_grad_norm_``: clip in place, return the total norm before clipping.
 
     Clipping computes the norm anyway, so reporting it costs nothing more; like

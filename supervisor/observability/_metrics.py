@@ -42,14 +42,43 @@ from prometheus_client.utils import floatToGoString
 log = logging.getLogger("supervisor.observability")
 
 ACK_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    120.0,
+    300.0,
 )
 """Upper bounds (seconds) of the change -> acknowledgement histogram. A delta
 becomes visible at the trainer's next ``report()``, so the latency includes one
 training step; delayed changes (``--at-step``) land in the upper buckets."""
 
 POLICY_SECONDS_BUCKETS: tuple[float, ...] = (
-    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
 )
 """Upper bounds (seconds) of the policy evaluation histogram."""
 
@@ -57,7 +86,11 @@ DECISION_KINDS = frozenset({"applied", "shadow", "refused", "error", "trigger"})
 """Accepted ``kind`` values of ``record_decision``; anything else is counted as ``other``."""
 
 KNOWN_ERROR_KINDS: tuple[str, ...] = (
-    "invalid_change", "bad_message", "policy_error", "non_finite_metric", "metric_name_rejected",
+    "invalid_change",
+    "bad_message",
+    "policy_error",
+    "non_finite_metric",
+    "metric_name_rejected",
 )
 """Error kinds exported at 0 from the start, so that ``increase()`` sees their first occurrence."""
 
@@ -78,7 +111,7 @@ def _build_labels() -> dict[str, str]:
         from importlib.metadata import version
 
         supervisor_version = version("training-supervisor")
-    except Exception:  # noqa: BLE001 - not installed as a distribution: use the package's own
+    except Exception:
         import supervisor
 
         supervisor_version = getattr(supervisor, "__version__", "unknown")
@@ -86,7 +119,7 @@ def _build_labels() -> dict[str, str]:
         import grpc
 
         grpc_version = grpc.__version__
-    except Exception:  # noqa: BLE001  # pragma: no cover - grpc is a hard dependency
+    except Exception:  # pragma: no cover - grpc is a hard dependency
         grpc_version = "unknown"
     return {"version": supervisor_version, "python": platform.python_version(), "grpc": grpc_version}
 
@@ -110,7 +143,7 @@ class _Histogram:
     def snapshot(self) -> tuple[list[tuple[str, float]], float]:
         buckets: list[tuple[str, float]] = []
         cumulative = 0
-        for bound, n in zip((*self.bounds, math.inf), self.counts):
+        for bound, n in zip((*self.bounds, math.inf), self.counts, strict=True):
             cumulative += n
             buckets.append((floatToGoString(bound), float(cumulative)))
         return buckets, self.total
@@ -329,8 +362,12 @@ class SupervisorMetrics:
     def record_decision(self, policy: str, kind: str) -> None:
         """A policy decision; ``kind`` is one of applied, shadow, refused, error, trigger."""
         if kind not in DECISION_KINDS:
-            self._warn_once(f"decision:{kind}", "record_decision: unknown kind %r counted as 'other' (expected one of %s)",
-                            kind, ", ".join(sorted(DECISION_KINDS)))
+            self._warn_once(
+                f"decision:{kind}",
+                "record_decision: unknown kind %r counted as 'other' (expected one of %s)",
+                kind,
+                ", ".join(sorted(DECISION_KINDS)),
+            )
             kind = "other"
         with self._lock:
             policy = self._policy(policy)
@@ -398,8 +435,17 @@ class SupervisorMetrics:
         self.forget_expired()
         with self._lock:  # copy what the families need; build them outside the lock
             runs = [
-                (name, dict(s.params), dict(s.changes), dict(s.last_change), s.ack.snapshot(), s.connected, s.points,
-                 s.dropped, dict(s.metrics))
+                (
+                    name,
+                    dict(s.params),
+                    dict(s.changes),
+                    dict(s.last_change),
+                    s.ack.snapshot(),
+                    s.connected,
+                    s.points,
+                    s.dropped,
+                    dict(s.metrics),
+                )
                 for name, s in self._runs.items()
             ]
             decisions = dict(self._decisions)
@@ -409,28 +455,41 @@ class SupervisorMetrics:
         yield InfoMetricFamily("supervisor_build", "Version of the supervisor, Python and gRPC.", value=self._build)
 
         param_value = GaugeMetricFamily(
-            "supervisor_param_value", "Current value of a live numeric parameter (booleans as 0/1).",
-            labels=["run", "param"])
+            "supervisor_param_value",
+            "Current value of a live numeric parameter (booleans as 0/1).",
+            labels=["run", "param"],
+        )
         changes_total = CounterMetricFamily(
-            "supervisor_param_changes", "Accepted changes of a parameter, by who made them.",
-            labels=["run", "param", "source"])
+            "supervisor_param_changes",
+            "Accepted changes of a parameter, by who made them.",
+            labels=["run", "param", "source"],
+        )
         last_change = GaugeMetricFamily(
             "supervisor_param_last_change_timestamp_seconds",
-            "Unix time of the last accepted change of a parameter.", labels=["run", "param"])
+            "Unix time of the last accepted change of a parameter.",
+            labels=["run", "param"],
+        )
         ack = HistogramMetricFamily(
             "supervisor_change_ack_latency_seconds",
-            "Seconds from recording a change to a trainer rank acknowledging it.", labels=["run"])
+            "Seconds from recording a change to a trainer rank acknowledging it.",
+            labels=["run"],
+        )
         connected = GaugeMetricFamily(
-            "supervisor_connected_ranks", "Trainer ranks of the run connected now.", labels=["run"])
+            "supervisor_connected_ranks", "Trainer ranks of the run connected now.", labels=["run"]
+        )
         received = CounterMetricFamily(
-            "supervisor_metric_points_received", "Metric points received from the run's trainers.", labels=["run"])
+            "supervisor_metric_points_received", "Metric points received from the run's trainers.", labels=["run"]
+        )
         dropped = CounterMetricFamily(
             "supervisor_metric_points_dropped",
-            "Metric points the run's trainers dropped from their bounded buffers before sending.", labels=["run"])
+            "Metric points the run's trainers dropped from their bounded buffers before sending.",
+            labels=["run"],
+        )
         trainer_metric = GaugeMetricFamily(
             "supervisor_trainer_metric",
             "Latest value of a metric the run's trainers report (loss, grad_norm, gpu0_power_watts, ...).",
-            labels=["run", "metric"])
+            labels=["run", "metric"],
+        )
         for name, params, changes, last, (buckets, ack_sum), ranks, points, drops, metrics in runs:
             for param, value in params.items():
                 param_value.add_metric([name, param], value)
@@ -447,19 +506,24 @@ class SupervisorMetrics:
         yield from (param_value, changes_total, last_change, ack, connected, received, dropped, trainer_metric)
 
         decisions_total = CounterMetricFamily(
-            "supervisor_policy_decisions", "Policy decisions by policy and kind (applied, shadow, refused, error, trigger).",
-            labels=["policy", "kind"])
+            "supervisor_policy_decisions",
+            "Policy decisions by policy and kind (applied, shadow, refused, error, trigger).",
+            labels=["policy", "kind"],
+        )
         for (policy, kind), count in decisions.items():
             decisions_total.add_metric([policy, kind], count)
         yield decisions_total
         evaluation = HistogramMetricFamily(
-            "supervisor_policy_evaluation_seconds", "Seconds one evaluation of a policy took.", labels=["policy"])
+            "supervisor_policy_evaluation_seconds", "Seconds one evaluation of a policy took.", labels=["policy"]
+        )
         for policy, (buckets, total) in policy_seconds.items():
             evaluation.add_metric([policy], buckets, total)
         yield evaluation
         errors_total = CounterMetricFamily(
-            "supervisor_errors", "Errors by kind (invalid_change, bad_message, policy_error, non_finite_metric, ...).",
-            labels=["kind"])
+            "supervisor_errors",
+            "Errors by kind (invalid_change, bad_message, policy_error, non_finite_metric, ...).",
+            labels=["kind"],
+        )
         for kind, count in errors.items():
             errors_total.add_metric([kind], count)
         yield errors_total

@@ -67,8 +67,9 @@ def exercise_everything(m: SupervisorMetrics) -> None:
     m.set_connected("run-a", 2)
     m.add_points("run-a", 10)
     m.set_dropped("run-a", 3)
-    m.set_latest_metrics("run-a", {"loss": 0.5, "grad_norm": float("nan"), "gpu0_power_watts": 250.0,
-                                   "val_loss": float("inf")})
+    m.set_latest_metrics(
+        "run-a", {"loss": 0.5, "grad_norm": float("nan"), "gpu0_power_watts": 250.0, "val_loss": float("inf")}
+    )
     m.record_decision("plateau", "applied")
     m.record_decision("plateau", "shadow")
     m.observe_policy_seconds("plateau", 0.0004)
@@ -301,7 +302,7 @@ def test_scrapes_while_updating() -> None:
         try:
             while not stop.is_set():
                 scrape(m)
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             failures.append(exc)
 
     thread = threading.Thread(target=scraper)

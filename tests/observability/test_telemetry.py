@@ -48,29 +48,35 @@ class Collect:
 
 
 def test_nvml_readings_become_base_units() -> None:
-    assert nvml_metrics(3, utilization_percent=87, memory_used_bytes=2 * 1024**3, power_milliwatts=245_500,
-                        temperature_celsius=66) == {
+    assert nvml_metrics(
+        3, utilization_percent=87, memory_used_bytes=2 * 1024**3, power_milliwatts=245_500, temperature_celsius=66
+    ) == {
         "gpu3_utilization_ratio": 0.87,
         "gpu3_memory_used_bytes": 2147483648.0,
         "gpu3_power_watts": 245.5,
         "gpu3_temperature_celsius": 66.0,
     }
-    assert nvml_metrics(0, utilization_percent=None, memory_used_bytes=5, power_milliwatts=None,
-                        temperature_celsius=None) == {"gpu0_memory_used_bytes": 5.0}
-    assert nvml_metrics(0, utilization_percent=140, memory_used_bytes=None, power_milliwatts=None,
-                        temperature_celsius=None) == {"gpu0_utilization_ratio": 1.0}
+    assert nvml_metrics(
+        0, utilization_percent=None, memory_used_bytes=5, power_milliwatts=None, temperature_celsius=None
+    ) == {"gpu0_memory_used_bytes": 5.0}
+    assert nvml_metrics(
+        0, utilization_percent=140, memory_used_bytes=None, power_milliwatts=None, temperature_celsius=None
+    ) == {"gpu0_utilization_ratio": 1.0}
 
 
-@pytest.mark.parametrize(("env", "expected"), [
-    (None, [0, 1, 2]),
-    ("2,0", [2, 0]),
-    ("", []),
-    ("1,7,0", [1]),  # like CUDA: the list ends at the first device that does not exist
-    ("GPU-bbb", [1]),
-    ("GPU-b,GPU-a", [1, 0]),
-    ("GPU-", []),  # ambiguous prefix
-    ("0,0", [0]),
-])
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        (None, [0, 1, 2]),
+        ("2,0", [2, 0]),
+        ("", []),
+        ("1,7,0", [1]),  # like CUDA: the list ends at the first device that does not exist
+        ("GPU-bbb", [1]),
+        ("GPU-b,GPU-a", [1, 0]),
+        ("GPU-", []),  # ambiguous prefix
+        ("0,0", [0]),
+    ],
+)
 def test_cuda_visible_devices(env: str | None, expected: list[int]) -> None:
     assert telemetry._visible_indices(["GPU-aaa", "GPU-bbb", "GPU-ccc"], env) == expected
 
@@ -100,7 +106,8 @@ def test_host_fallback_without_nvml(monkeypatch: pytest.MonkeyPatch, caplog: pyt
     assert not sampler.running
     for values in calls:
         assert set(values) == {"host_cpu_utilization_ratio", "host_memory_used_bytes"} or set(values) == {
-            "host_memory_used_bytes"}  # two readings in the same clock tick give no CPU figure
+            "host_memory_used_bytes"
+        }  # two readings in the same clock tick give no CPU figure
         assert values["host_memory_used_bytes"] > 0
         assert 0.0 <= values.get("host_cpu_utilization_ratio", 0.0) <= 1.0
     messages = [r for r in caplog.records if r.name == "trainer_sdk.telemetry"]
@@ -173,8 +180,7 @@ def fake_pynvml(*, devices: int = 2, power_supported: bool = True) -> types.Modu
     nvml.nvmlDeviceGetHandleByIndex = lambda i: ("handle", i)
     nvml.nvmlDeviceGetUUID = lambda h: f"GPU-{h[1]}000"
     nvml.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=50 + h[1], memory=10)
-    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * 2**30, used=(h[1] + 1) * 2**30,
-                                                                   free=0)
+    nvml.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(total=80 * 2**30, used=(h[1] + 1) * 2**30, free=0)
 
     def power(h: tuple[str, int]) -> int:
         if not power_supported:
@@ -195,9 +201,13 @@ def test_nvml_path(monkeypatch: pytest.MonkeyPatch) -> None:
         values = emit.wait(1)[0]
         assert sampler.source == "NVIDIA GPU telemetry for 2 device(s)"
     assert values == {
-        "gpu0_utilization_ratio": 0.5, "gpu0_memory_used_bytes": float(2**30), "gpu0_power_watts": 300.0,
+        "gpu0_utilization_ratio": 0.5,
+        "gpu0_memory_used_bytes": float(2**30),
+        "gpu0_power_watts": 300.0,
         "gpu0_temperature_celsius": 60.0,
-        "gpu1_utilization_ratio": 0.51, "gpu1_memory_used_bytes": float(2 * 2**30), "gpu1_power_watts": 301.0,
+        "gpu1_utilization_ratio": 0.51,
+        "gpu1_memory_used_bytes": float(2 * 2**30),
+        "gpu1_power_watts": 301.0,
         "gpu1_temperature_celsius": 61.0,
     }
     assert nvml.calls == {"init": 1, "shutdown": 1}
@@ -210,8 +220,11 @@ def test_nvml_numbers_devices_as_cuda_does_and_skips_unsupported(monkeypatch: py
     with TelemetrySampler(emit, interval=0.02):
         values = emit.wait(2)[-1]
     # CUDA calls NVML's device 3 "cuda:0": so do we.
-    assert values == {"gpu0_utilization_ratio": 0.53, "gpu0_memory_used_bytes": float(4 * 2**30),
-                      "gpu0_temperature_celsius": 63.0}
+    assert values == {
+        "gpu0_utilization_ratio": 0.53,
+        "gpu0_memory_used_bytes": float(4 * 2**30),
+        "gpu0_temperature_celsius": 63.0,
+    }
 
 
 def test_nvml_without_driver_falls_back(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -242,5 +255,7 @@ def test_sdk_and_telemetry_import_without_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'pynvml' not in sys.modules, 'pynvml was imported eagerly'\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stderr

@@ -8,8 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from trainer_sdk import torch_utils
-from trainer_sdk.torch_utils import clip_and_norm, grad_norm
+from trainer_sdk import torch_utils  # noqa: E402
+from trainer_sdk.torch_utils import clip_and_norm, grad_norm  # noqa: E402
 
 
 def model_with_grads(seed: int = 0) -> torch.nn.Module:
@@ -34,7 +34,7 @@ def test_grad_norm_equals_clip_grad_norm(norm_type: float) -> None:
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert torch.allclose(torch_utils._total_norm(grads, norm_type), theirs, rtol=1e-6, atol=0)
     # grad_norm does not touch the gradients.
-    for p, q in zip(model.parameters(), reference_model.parameters()):
+    for p, q in zip(model.parameters(), reference_model.parameters(), strict=True):
         if p.grad is not None:
             assert torch.equal(p.grad, q.grad)
 
