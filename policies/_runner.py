@@ -63,6 +63,8 @@ class PolicyRunner:
         self._disabled_reason: str | None = None
         self._generation = 0
         self._busy = False
+        self._last_run = ""
+        self._last_step = 0
 
     def __repr__(self) -> str:
         state = "disabled" if self.disabled else f"failures={self._failures}"
@@ -110,13 +112,14 @@ class PolicyRunner:
             run.step,
         )
 
-    def record_failure(self, message: str, *, run: str, step: int) -> Outcome:
+    def record_failure(self, message: str, *, run: str | None = None, step: int | None = None) -> Outcome:
         """Count a failure the host observed (e.g. a call that timed out) and return its outcome.
 
-        The call in flight, if any, is abandoned: its result will be discarded.
+        The call in flight, if any, is abandoned: its result will be discarded. ``run`` and
+        ``step`` default to those of the latest call.
         """
         self._generation += 1
-        return self._fail(message, run, step)
+        return self._fail(message, self._last_run if run is None else run, self._last_step if step is None else step)
 
     # -- state --------------------------------------------------------------------------
 
@@ -154,6 +157,7 @@ class PolicyRunner:
         if self._busy:
             raise PolicyError(f"policy {self.policy_id!r}: a previous call is still running")
         generation = self._generation
+        self._last_run, self._last_step = run.run, step
         self._busy = True
         try:
             decisions = _as_decisions(call())

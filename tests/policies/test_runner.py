@@ -119,8 +119,8 @@ def test_record_failure_discards_the_abandoned_calls_result():
     class Slow(Policy):
         def observe(self, point, run):
             # The host timed this call out while it ran.
-            outcome = runner.record_failure("observe timed out after 2.0 s", run="r1", step=point.step)
-            assert outcome.kind == "error"
+            outcome = runner.record_failure("observe timed out after 2.0 s")
+            assert (outcome.kind, outcome.run, outcome.step) == ("error", "r1", point.step)
             assert runner.busy
             return [SetParams(changes={"lr": 0.01}, reason="late")]
 
