@@ -98,6 +98,8 @@ class PolicyHost:
         self._runner_locks: dict[int, asyncio.Lock] = {}
         self._specs: dict[str, tuple[dict[str, Param], Mapping[str, ParamSpec]]] = {}
         self._watchdog: asyncio.Task[None] | None = None
+        # The engine's bookkeeping (attach, detach) is not thread-safe: one at a time.
+        self._engine_lock = asyncio.Lock()
 
     @classmethod
     def from_file(cls, path: Path, core: Any) -> PolicyHost:
@@ -177,14 +179,13 @@ class PolicyHost:
     async def _handle(self, run: RunState, kind: str, payload: Any) -> None:
         view = self._view(run)
         if kind == "attach":
-            outcomes = await self._in_worker(None, lambda: self.engine.attach(view))
-            await self._apply(run, outcomes)
+            await self._apply(run, await self._attach(view))
             await self._save(run.name)
             return
         if not self.engine.is_attached(run.name):
             if kind == "finish":
                 return
-            await self._apply(run, await self._in_worker(None, lambda: self.engine.attach(view)))
+            await self._apply(run, await self._attach(view))
         if kind == "point":
             point = MetricPoint(run=run.name, step=payload.step, time=payload.time, metrics=dict(payload.values))
             outcomes: list[Outcome] = []
@@ -196,9 +197,14 @@ class PolicyHost:
             outcomes = []
             for runner in runners:
                 outcomes.extend(await self._call_runner(runner, run, None, view, end=(payload, time.time())))
-            self.engine.detach(run.name)
+            async with self._engine_lock:
+                self.engine.detach(run.name)
             await self._apply(run, arbitrate(outcomes, view))
         await self._save(run.name)
+
+    async def _attach(self, view: LiveRunView) -> list[Outcome]:
+        async with self._engine_lock:
+            return await self._in_worker(None, lambda: self.engine.attach(view))
 
     async def _call_runner(
         self,
