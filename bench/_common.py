@@ -128,6 +128,20 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_counters() -> tuple[int, int, int]:
+    """(total, idle+iowait, steal) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    steal = fields[7] if len(fields) > 7 else 0
+    return sum(fields[:8]), idle, steal
+
+
+def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> dict[str, float]:
+    """Busy and steal fractions of the whole machine between two cpu_counters() readings."""
+    total = max(after[0] - before[0], 1)
+    return {"busy": 1 - (after[1] - before[1]) / total, "steal": (after[2] - before[2]) / total}
+
+
 # -- a supervisor subprocess --------------------------------------------------------------------------
 
 class SupervisorProcess:

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, Result, fmt, machine
+from bench._common import ROOT, Result, cpu_counters, fmt, machine, machine_usage
 
 BENCHMARKS = {
     "read_cost": "1. read cost",
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"\n== {BENCHMARKS[name]} ({'quick' if quick else 'full'})", flush=True)
         started = time.time()
+        counters = cpu_counters()
         try:
             module = importlib.import_module(f"bench.{name}")
             kwargs = {"out": args.out} if "out" in module.run.__code__.co_varnames else {}
@@ -66,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             section = {"title": BENCHMARKS[name], "rows": [], "data": {}, "plots": [],
                        "error": f"{type(exc).__name__}: {exc}"}
+        section["machine_usage"] = machine_usage(counters, cpu_counters())
         section.update(mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
             timespec="seconds"), seconds=round(time.time() - started, 1))
         sections[name] = section
@@ -97,7 +99,9 @@ def table(info: dict[str, Any], sections: dict[str, Any]) -> str:
         section = sections.get(name)
         if section is None:
             continue
-        title = f"{section['title']} ({section['mode']}, {section['started']})"
+        usage = section.get("machine_usage", {})
+        title = (f"{section['title']} ({section['mode']}, {section['started']}; machine busy "
+                 f"{usage.get('busy', float('nan')):.0%}, steal {usage.get('steal', float('nan')):.0%})")
         if section.get("error"):
             lines.append(f"| {title} | failed | | | | | {section['error']} |")
         for row in section["rows"]:

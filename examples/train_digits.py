@@ -159,7 +159,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             hp.report(step, val_loss=val_loss, val_acc=val_acc, train_loss=train_loss)  # sdk
             lr = opt.param_groups[0]["lr"]
             summary["epochs"].append({"epoch": epoch, "step": step, "lr": lr, "train_loss": train_loss,
-                                      "val_loss": val_loss, "val_acc": val_acc})
+                                      "val_loss": val_loss, "val_acc": val_acc,
+                                      "time_s": time.perf_counter() - start})
             if not args.quiet:
                 print(f"epoch {epoch:3d}  lr {lr:.4g}  train_loss {train_loss:.4f}  "
                       f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}", flush=True)
@@ -168,6 +169,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             if summary["stopped"]:
                 print(f"stopped by the supervisor at step {step}", flush=True)
                 break
+        summary["loop_s"] = time.perf_counter() - start
     finally:
         hp.close()  # sdk: sends what is buffered, says goodbye
     summary.update(wall_s=time.perf_counter() - start, steps=step, version=hp.version,

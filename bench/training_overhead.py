@@ -1,0 +1,217 @@
+"""Benchmark 3: what the SDK costs a real training loop (examples/train_digits.py on CPU).
+
+A worker process imports examples/train_digits.py and runs its ``train()``
+repeatedly, interleaving three variants in rotating order (ABC, BCA, CAB, ...):
+
+* ``no-sdk``: ``--no-sdk``, plain constants, the SDK is not used;
+* ``no-sdk-again``: the same once more, an A/A control: its ratio to ``no-sdk``
+  is the noise floor of this machine during this run;
+* ``sdk``: connected to a supervisor subprocess, ``report`` every step (loss,
+  grad_norm as 0-d tensors) and val metrics every epoch, no changes;
+* ``sdk+ops``: the same, while this (parent) process changes ``lr`` through
+  ``OperatorClient.set`` once every 10 training steps' worth of time (the step
+  time is measured on a warm-up ``no-sdk`` run in the same worker).
+
+One process for all variants removes interpreter and torch start-up from the
+comparison; the same seed makes every variant do the same arithmetic.
+Reported: the median over rounds of each variant's loop time divided by the
+``no-sdk`` loop time of the same round (loop = first step to last epoch's
+report, before ``close()``), and the same including ``close()`` (which waits
+until the supervisor has stored every point). The supervisor shares the same
+2 cores, so its CPU use during a variant is charged to that variant's wall time:
+it is reported next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench._common import PYTHON, ROOT, Result, SupervisorProcess, cpu_seconds, summary
+
+VARIANTS = ("no-sdk", "no-sdk-again", "sdk", "sdk+ops")
+TARGET = 0.01
+OPS_EVERY_STEPS = 10
+
+
+def _load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("train_digits", ROOT / "examples" / "train_digits.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def worker(address: str, rounds: int, epochs: int) -> None:
+    """Runs in the worker process; prints one JSON line per run and BEGIN/END markers."""
+    example = _load_example()
+
+    def train(variant: str, tag: str) -> dict[str, Any]:
+        argv = ["--epochs", str(epochs), "--seed", "0", "--quiet", "--threads", "1"]
+        if variant.startswith("no-sdk"):
+            argv.append("--no-sdk")
+        else:
+            argv += ["--address", address, "--run", f"overhead-{variant}"]
+        args = example.parse_args(argv)
+        print(f"BEGIN {variant} {tag}", flush=True)
+        c0, t0 = time.process_time(), time.thread_time()
+        summary = example.train(args)
+        cpu, main_cpu = time.process_time() - c0, time.thread_time() - t0
+        print(f"END {variant} {tag}", flush=True)
+        times = [0.0] + [e["time_s"] for e in summary["epochs"]]
+        epochs_s = np.diff(times).tolist()
+        epoch_s = float(np.median(epochs_s[1:]))  # the first epoch includes connecting
+        return {"variant": variant, "tag": tag, "loop_s": summary["loop_s"], "epoch_s": epoch_s, "epochs_s": epochs_s, "wall_s": summary["wall_s"],
+                "steps": summary["steps"], "cpu_s": cpu, "main_cpu_s": main_cpu, "version": summary["version"],
+                "final_val_loss": summary["final_val_loss"]}
+
+    warm = train("no-sdk", "warmup")
+    print("STEP_S " + json.dumps(warm["loop_s"] / warm["steps"]), flush=True)
+    train("sdk", "warmup")
+    for r in range(rounds):
+        k = r % len(VARIANTS)
+        order = VARIANTS[k:] + VARIANTS[:k]
+        for variant in order:
+            print("RESULT " + json.dumps({**train(variant, str(r)), "round": r}), flush=True)
+
+
+class Operator(threading.Thread):
+    """Changes lr of the ``sdk+ops`` run every ``interval`` seconds while enabled."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(name="bench-operator", daemon=True)
+        from supervisor.client import OperatorClient
+
+        self.client = OperatorClient(address)
+        self.enabled = threading.Event()
+        self.stop = threading.Event()
+        self.interval = 0.01
+        self.sets = 0
+        self.errors = 0
+
+    def run(self) -> None:
+        values = (0.05, 0.045)
+        i = 0
+        while not self.stop.is_set():
+            if not self.enabled.wait(0.1):
+                continue
+            t = time.perf_counter()
+            try:
+                self.client.set("overhead-sdk+ops", {"lr": values[i % 2]})
+                self.sets += 1
+            except Exception:
+                self.errors += 1  # the run may not be registered yet in the first milliseconds
+            i += 1
+            time.sleep(max(0.0, self.interval - (time.perf_counter() - t)))
+
+
+def _bootstrap_ci(ratios: np.ndarray, n: int = 2000) -> tuple[float, float]:
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(ratios, size=(n, len(ratios)), replace=True), axis=1)
+    return float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
+def run(quick: bool, out: Path | None = None) -> Result:
+    result = Result("training overhead")
+    # Many short runs, finely interleaved: this machine's speed drifts by tens of
+    # percent over seconds (see the A/A control), so pairs must be close in time.
+    rounds, epochs = (10, 6) if quick else (48, 8)
+    runs: list[dict[str, Any]] = []
+    sup_cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    with SupervisorProcess() as sup:
+        op = Operator(sup.address)
+        op.start()
+        cmd = [PYTHON, "-m", "bench.training_overhead", "--worker", "--address", sup.address,
+               "--rounds", str(rounds), "--epochs", str(epochs)]
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        began: tuple[float, float] = (0.0, 0.0)
+        step_s = float("nan")
+        for line in proc.stdout:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "STEP_S":
+                step_s = json.loads(rest)
+                op.interval = OPS_EVERY_STEPS * step_s
+            elif kind == "BEGIN":
+                if rest.startswith("sdk+ops"):
+                    op.enabled.set()
+                began = (time.perf_counter(), cpu_seconds(sup.pid))
+            elif kind == "END":
+                op.enabled.clear()
+                variant, tag = rest.split()
+                if tag != "warmup":
+                    sup_cpu[variant].append((cpu_seconds(sup.pid) - began[1]) / (time.perf_counter() - began[0]))
+            elif kind == "RESULT":
+                runs.append(json.loads(rest))
+        if proc.wait() != 0:
+            raise RuntimeError(f"worker failed with exit code {proc.returncode}")
+        op.stop.set()
+        op.join(2)
+    by_round: dict[int, dict[str, dict[str, Any]]] = {}
+    for r in runs:
+        by_round.setdefault(r["round"], {})[r["variant"]] = r
+    ratios: dict[str, dict[str, list[float]]] = {}
+    for variant in VARIANTS[1:]:
+        ratios[variant] = {
+            "loop": [rr[variant]["loop_s"] / rr["no-sdk"]["loop_s"] for rr in by_round.values()],
+            "with_close": [rr[variant]["wall_s"] / rr["no-sdk"]["wall_s"] for rr in by_round.values()],
+            "epoch": [rr[variant]["epoch_s"] / rr["no-sdk"]["epoch_s"] for rr in by_round.values()],
+            "cpu": [rr[variant]["cpu_s"] / rr["no-sdk"]["cpu_s"] for rr in by_round.values()],
+            "main_cpu": [rr[variant]["main_cpu_s"] / rr["no-sdk"]["main_cpu_s"] for rr in by_round.values()],
+        }
+    pooled = {v: float(np.median([x for r in runs if r["variant"] == v for x in r["epochs_s"][1:]])) for v in VARIANTS}
+    base = summary([r["loop_s"] for r in runs if r["variant"] == "no-sdk"])
+    steps = runs[0]["steps"]
+    result.row("no-sdk loop time: median", base["p50"], "s",
+               note=f"{steps} steps ({epochs} epochs), {rounds} rounds; step {step_s * 1e3:.3f} ms in the warm-up; "
+                    f"supervisor CPU meanwhile {np.median(sup_cpu['no-sdk']) * 100:.0f}% of a core")
+    for variant in VARIANTS[1:]:
+        loop = np.array(ratios[variant]["loop"])
+        epoch = np.array(ratios[variant]["epoch"])
+        close = np.array(ratios[variant]["with_close"])
+        cpu = np.array(ratios[variant]["cpu"])
+        extra = ""
+        if variant == "sdk+ops":
+            extra = f"; {op.sets} sets at one per {OPS_EVERY_STEPS} steps ({op.interval * 1e3:.1f} ms), {op.errors} errors"
+        steady = np.median(epoch) - 1
+        lo, hi = _bootstrap_ci(epoch)
+        is_control = variant == "no-sdk-again"
+        result.row(f"{variant}: steady-state {'difference (A/A noise floor)' if is_control else 'overhead'} "
+                   "(median epoch time) vs no-sdk", steady * 100, "%",
+                   target="" if is_control else "< 1%", met=None if is_control else bool(steady < TARGET),
+                   note=f"median over {len(epoch)} rounds of the per-round ratio of median epoch times "
+                        f"(epochs 2..{epochs}), 95% bootstrap CI [{(lo - 1) * 100:+.1f}%, {(hi - 1) * 100:+.1f}%], "
+                        f"min {epoch.min():.3f}, max {epoch.max():.3f}; all epochs pooled "
+                        f"{(pooled[variant] / pooled['no-sdk'] - 1) * 100:+.1f}%; supervisor CPU "
+                        f"{np.median(sup_cpu[variant]) * 100:.0f}% of a core during the run{extra}")
+        whole = np.median(loop) - 1
+        result.row(f"{variant}: whole-loop {'difference' if is_control else 'overhead'} (connect to last report) "
+                   "vs no-sdk", whole * 100, "%", target="" if is_control else "< 1%",
+                   met=None if is_control else bool(whole < TARGET),
+                   note=f"per-round ratios min {loop.min():.3f} max {loop.max():.3f}; includes the session's start; "
+                        f"with close() (waits until all points are stored) {(np.median(close) - 1) * 100:+.1f}%; "
+                        f"trainer process CPU {(np.median(cpu) - 1) * 100:+.1f}%, its training thread's CPU "
+                        f"{(np.median(ratios[variant]['main_cpu']) - 1) * 100:+.1f}%")
+    result.data = {"runs": runs, "ratios": ratios, "pooled_epoch_s": pooled, "supervisor_cpu_fraction": sup_cpu, "step_s": step_s,
+                   "operator_sets": op.sets, "operator_errors": op.errors, "operator_interval_s": op.interval}
+    return result
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser()
+    p.add_argument("--worker", action="store_true")
+    p.add_argument("--address", required=True)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=40)
+    a = p.parse_args()
+    worker(a.address, a.rounds, a.epochs)
+    sys.exit(0)
