@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -28,6 +29,10 @@ def main() -> int:
     parser.add_argument("--until-trigger", default=None, help="run until this trigger fires")
     parser.add_argument("--nan-at", type=int, default=-1)
     parser.add_argument("--no-wait", action="store_true", help="start training without waiting to connect")
+    parser.add_argument("--wait-version", type=int, default=0, help="wait until the supervisor set this version")
+    parser.add_argument(
+        "--lr-objective", action="store_true", help="val_loss depends on lr (best at 1e-2), for search policies"
+    )
     args = parser.parse_args()
 
     hp = connect(
@@ -55,18 +60,25 @@ def main() -> int:
     )
     if not args.no_wait and hp.wait_connected(10):
         emit(event="connected", version=hp.version)
+    deadline = time.monotonic() + 10
+    while hp.version < args.wait_version and time.monotonic() < deadline:
+        time.sleep(0.01)
     seen: list[tuple[int, dict]] = []
     last: dict = {}
     durations: list[float] = []
     step = 0
-    while step < args.steps or args.until_trigger:
+    while step < args.steps or (args.until_trigger and args.steps == 0):
         t0 = time.perf_counter()
         values = dict(vars(hp))  # one C-level copy: a consistent snapshot
         if values != last:
             seen.append((step, values))
             last = values
         loss = float("nan") if step == args.nan_at else 1.0 / (step + 1)
-        hp.report(step, loss=loss, lr_seen=values["lr"])
+        if args.lr_objective:
+            loss = (math.log10(values["lr"]) + 2) ** 2 + 1.0 / (step + 1)
+            hp.report(step, val_loss=loss)
+        else:
+            hp.report(step, loss=loss, lr_seen=values["lr"])
         if args.until_trigger and hp.triggered(args.until_trigger):
             emit(event="trigger", name=args.until_trigger, step=step)
             break
