@@ -238,6 +238,7 @@ def render(
         title = panel.get("title", "")
         ax.set_title(title + (f" ({unit_label})" if unit_label else ""), fontsize=10)
         targets = [t for t in panel["targets"] if t.get("expr")]
+        custom = panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {})
         drawn = 0
         if panel.get("type") in ("stat", "bargauge"):
             names: list[str] = []
@@ -246,23 +247,37 @@ def render(
                 for series in query_instant(base_url, substitute(t["expr"], variables), end):
                     names.append(legend(t.get("legendFormat", ""), series["metric"]))
                     values.append(float(series["value"][1]) * scale)
-            if names:
-                ax.barh(names, values, color="tab:blue")
+            drawn = len(names)
+            if names and panel.get("type") == "stat":
+                ax.axis("off")
+                for i, (name, value) in enumerate(zip(names, values, strict=True)):
+                    y = 1 - (i + 1) / (len(names) + 1)
+                    ax.text(
+                        0.5,
+                        y + 0.08,
+                        f"{value:g}",
+                        ha="center",
+                        va="center",
+                        fontsize=28,
+                        weight="bold",
+                        color="tab:green" if value > 0 else "tab:red",
+                        transform=ax.transAxes,
+                    )
+                    ax.text(0.5, y - 0.12, name, ha="center", va="center", fontsize=10, transform=ax.transAxes)
+            elif names:
+                ax.barh(names, values, color="tab:blue", height=0.6)
+                ax.set_xlim(0, max(max(values), 1.0) * 1.25)
                 for i, v in enumerate(values):
-                    ax.text(v, i, f" {v:g}", va="center", fontsize=8)
+                    ax.text(v, i, f" {v:g}", va="center", fontsize=9)
                 ax.tick_params(axis="y", labelsize=8)
-                drawn = len(names)
         else:
             for t in targets:
                 for series in query_range(base_url, substitute(t["expr"], variables), start, end, step):
                     points = [(float(ts), float(v)) for ts, v in series["values"]]
                     xs = [datetime.fromtimestamp(ts) for ts, _ in points]
                     ys = [v * scale for _, v in points]
-                    draw = "stepAfter" == panel.get("fieldConfig", {}).get("defaults", {}).get("custom", {}).get(
-                        "lineInterpolation"
-                    )
                     label = legend(t.get("legendFormat", ""), series["metric"])
-                    if draw:
+                    if custom.get("lineInterpolation") == "stepAfter":
                         ax.step(xs, ys, where="post", label=label)
                     else:
                         ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
@@ -281,6 +296,15 @@ def render(
                         va="top",
                         ha="right",
                     )
+            scale_distribution = custom.get("scaleDistribution", {})
+            if scale_distribution.get("type") == "symlog" and drawn:
+                ax.set_yscale("symlog", linthresh=float(scale_distribution.get("linearThreshold", 1.0)))
+                if all(y >= 0 for line in ax.get_lines() for y in line.get_ydata()):
+                    ax.set_ylim(bottom=0)
+            elif scale_distribution.get("type") == "log" and drawn:
+                ax.set_yscale("log")
+            ax.set_xlim(datetime.fromtimestamp(start), datetime.fromtimestamp(end))
+            ax.xaxis.set_major_locator(mdates.AutoDateLocator(maxticks=6))
             ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
             ax.tick_params(axis="x", labelsize=7)
             if drawn:
