@@ -52,10 +52,11 @@ runs = "bench-kick*"
 class Poller(threading.Thread):
     """Reads ``session.lr`` of each session and timestamps every new value it sees."""
 
-    def __init__(self, sessions: list[Any], mode: str) -> None:
+    def __init__(self, sessions: list[Any], mode: str, interval: float = 50e-6) -> None:
         super().__init__(name="bench-poller", daemon=True)
         self.sessions = sessions
         self.mode = mode
+        self.interval = interval
         self.seen: list[dict[float, int]] = [{} for _ in sessions]
         self.stop = threading.Event()
 
@@ -68,6 +69,7 @@ class Poller(threading.Thread):
         stop = self.stop
         sleep = time.sleep
         spin = self.mode == "spin"
+        interval = self.interval
         while not stop.is_set():
             for i in idx:
                 v = sessions[i].lr
@@ -75,7 +77,7 @@ class Poller(threading.Thread):
                     seen[i][v] = pc()
                     last[i] = v
             if not spin:
-                sleep(50e-6)
+                sleep(interval)
 
     def wait_for(self, i: int, value: float, timeout: float = 10.0) -> int | None:
         deadline = time.monotonic() + timeout
@@ -239,7 +241,7 @@ def _phase_cli(sup: SupervisorProcess, n: int) -> dict[str, list[float]]:
 
 def run(quick: bool, out: Path | None = None) -> Result:
     result = Result("control latency")
-    n_api, n_kick, n_cli = (100, 50, 10) if quick else (300, 200, 40)
+    n_api, n_kick, n_cli = (60, 30, 6) if quick else (300, 200, 40)
     data: dict[str, Any] = {"switchinterval_s": sys.getswitchinterval()}
     with SupervisorProcess(config=_write_config()) as sup:
         for mode in ("spin", "sleep"):

@@ -1,0 +1,179 @@
+"""Load generator for the scale benchmark: many trainer streams in one process, raw gRPC.
+
+Each stream speaks the v1 protocol as trainer_sdk does (Hello; MetricBatch
+messages with consecutive seq; Applied for every Delta; MetricsAcks read
+back), on its own channel, from one asyncio loop per process. A stream
+reports ``metrics`` values per point at ``rate`` points per second on a fixed
+schedule; when it falls behind it sends the points due in one batch, as the
+SDK's pump does. One of the values is ``val_loss`` (slowly decreasing, with
+noise) for the plateau policy.
+
+Why raw streams and not SDK sessions: an SDK session costs two Python threads
+and a channel; 250 of them in one process would measure thread switching in
+the load generator, not the supervisor. The messages on the wire are the
+same (the SDK sends one point per message at 10 Hz, since its pump flushes
+every 20 ms).
+
+Run: ``python -m bench._loadgen --address HOST:PORT --streams 250 --first 0
+--duration 20 --out stats.json``. Prints ``READY`` once every stream got its
+Welcome, then waits for a line on stdin before it starts reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import random
+import sys
+import time
+import uuid
+from typing import Any
+
+import grpc
+
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+PARAMS = [
+    pb.ParamSpec(name="lr", type=pb.PARAM_TYPE_FLOAT, default_value=pb.ParamValue(float_value=0.05), min=1e-5,
+                 max=1.0, log=True),
+    pb.ParamSpec(name="weight_decay", type=pb.PARAM_TYPE_FLOAT, default_value=pb.ParamValue(float_value=0.0),
+                 min=0.0, max=0.1),
+]
+
+
+class Stream:
+    def __init__(self, address: str, run: str, *, rate: float, metrics: int, seed: int) -> None:
+        self.address = address
+        self.run = run
+        self.rate = rate
+        self.names = ["val_loss"] + [f"m{i}" for i in range(metrics - 1)]
+        self.rng = random.Random(seed)
+        self.seq = 0
+        self.acked = 0
+        self.deltas = 0
+        self.version = 0
+        self.welcomed = asyncio.Event()
+        self.messages = 0
+        self.errors: list[str] = []
+        self.queue: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+
+    def hello(self) -> pb.ConnectRequest:
+        return pb.ConnectRequest(hello=pb.Hello(
+            run=self.run, rank=0, world_size=1, session_id=uuid.uuid4().hex, params=PARAMS,
+            values={"lr": pb.ParamValue(float_value=0.05), "weight_decay": pb.ParamValue(float_value=0.0)},
+            version=0, sdk_version="bench-loadgen", hostname="bench", pid=os.getpid()))
+
+    async def requests(self) -> Any:
+        yield self.hello()
+        while (message := await self.queue.get()) is not None:
+            yield message
+
+    def point(self, step: int) -> pb.MetricPoint:
+        self.seq += 1
+        values = {name: self.rng.random() for name in self.names[1:]}
+        values["val_loss"] = 1.0 / (1.0 + 0.02 * step) + self.rng.gauss(0, 0.01)
+        return pb.MetricPoint(seq=self.seq, step=step, time=time.time(), values=values)
+
+    async def run_stream(self, channel: grpc.aio.Channel, start: asyncio.Event, stop: asyncio.Event) -> None:
+        stub = pb_grpc.TrainerServiceStub(channel)
+        call = stub.Connect(self.requests())
+        reader = asyncio.create_task(self._read(call))
+        try:
+            await self.welcomed.wait()
+            await start.wait()
+            period = 1.0 / self.rate
+            t0 = time.monotonic() + self.rng.random() * period  # spread streams over the period
+            step = 0
+            while not stop.is_set():
+                due = int((time.monotonic() - t0) / period) + 1
+                if due > step:
+                    points = [self.point(s) for s in range(step, due)]
+                    step = due
+                    self.queue.put_nowait(pb.ConnectRequest(metrics=pb.MetricBatch(points=points)))
+                    self.messages += 1
+                wait = t0 + step * period - time.monotonic()
+                if wait > 0:
+                    try:
+                        await asyncio.wait_for(stop.wait(), wait)
+                    except TimeoutError:
+                        pass
+        finally:
+            self.queue.put_nowait(None)
+            reader.cancel()
+            call.cancel()
+
+    async def _read(self, call: Any) -> None:
+        try:
+            async for response in call:
+                kind = response.WhichOneof("message")
+                if kind == "welcome":
+                    self.welcomed.set()
+                elif kind == "metrics_ack":
+                    self.acked = max(self.acked, response.metrics_ack.seq)
+                elif kind == "delta":
+                    self.deltas += 1
+                    self.version = response.delta.version
+                    self.queue.put_nowait(pb.ConnectRequest(applied=pb.Applied(
+                        version=self.version, step=max(self.seq - 1, 0), time=time.time())))
+        except asyncio.CancelledError:
+            pass
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                self.errors.append(f"{exc.code().name}: {exc.details()}")
+                self.welcomed.set()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    streams = [Stream(args.address, f"{args.prefix}-{args.first + i:04d}", rate=args.rate, metrics=args.metrics,
+                      seed=args.first + i) for i in range(args.streams)]
+    per_channel = max(1, args.streams_per_channel)
+    channels = [grpc.aio.insecure_channel(args.address) for _ in range(math.ceil(len(streams) / per_channel))]
+    start, stop = asyncio.Event(), asyncio.Event()
+    tasks = [asyncio.create_task(s.run_stream(channels[i // per_channel], start, stop)) for i, s in enumerate(streams)]
+    await asyncio.wait_for(asyncio.gather(*(s.welcomed.wait() for s in streams)), 120)
+    print("READY", flush=True)
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, sys.stdin.readline)
+    t_start = time.time()
+    start.set()
+    samples = []
+    end = time.monotonic() + args.duration
+    while time.monotonic() < end:
+        await asyncio.sleep(1.0)
+        samples.append({"t": time.time(), "sent": sum(s.seq for s in streams), "acked": sum(s.acked for s in streams),
+                        "messages": sum(s.messages for s in streams)})
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for channel in channels:
+        await channel.close()
+    return {
+        "streams": len(streams), "t_start": t_start, "samples": samples,
+        "sent": sum(s.seq for s in streams), "acked": sum(s.acked for s in streams),
+        "messages": sum(s.messages for s in streams), "deltas": sum(s.deltas for s in streams),
+        "errors": [e for s in streams for e in s.errors][:20],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--address", required=True)
+    p.add_argument("--streams", type=int, required=True)
+    p.add_argument("--first", type=int, default=0)
+    p.add_argument("--prefix", default="scale")
+    p.add_argument("--rate", type=float, default=10.0, help="points per second per stream")
+    p.add_argument("--metrics", type=int, default=10, help="values per point")
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--streams-per-channel", type=int, default=1)
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    stats = asyncio.run(main_async(args))
+    with open(args.out, "w") as f:
+        json.dump(stats, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""Benchmark 5: many concurrent trainer streams against one supervisor.
+
+For each size N, a fresh supervisor subprocess (with the ``plateau`` policy on
+every ``scale-*`` run, and the bench's KickPolicy on the probe run) and
+load-generator processes (bench/_loadgen.py, up to 250 raw gRPC streams each)
+that report 10 values per point at 10 points/s per stream. After a warm-up,
+over a measurement window:
+
+* stored values/s: MetricsAck'ed points summed over streams (the supervisor
+  acks only after the commit that stored them), times 10; also the
+  supervisor's own ``points_received`` (ListRuns) at the window's edges;
+* control latency under load, from this process: ``OperatorClient.set`` ->
+  visible in a probe session's cache (poller sleeping 50 us), report ->
+  KickPolicy -> visible on a second probe session, and a Health.Check round
+  trip as the same-run reference;
+* supervisor CPU (utime+stime from /proc, in cores) and peak RSS (VmHWM);
+  load generators' CPU too, since they share the same cores.
+
+At the largest size py-spy samples the supervisor (raw stacks, summarised
+into the top frames, and a flame graph SVG).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench._common import (PYTHON, ROOT, Result, SupervisorProcess, cpu_counters, cpu_seconds, machine_usage, rss_mib,
+                           rss_peak_mib, summary, thread_cpu_seconds)
+from bench.control_latency import Poller
+
+VALUES_PER_POINT = 10
+RATE = 10.0
+PER_PROCESS = 250
+TARGET_STREAMS = 1000
+TARGET_VALUES_S = 100_000
+TARGET_P99_MS = 50.0
+TARGET_RSS_MIB = 1024
+
+CONFIG = """
+[[policy]]
+id = "plateau"
+type = "plateau"
+runs = "scale-*"
+metric = "val_loss"
+factor = 0.5
+patience = 5
+
+[[policy]]
+id = "kick"
+type = "bench.kick_policy:KickPolicy"
+runs = "probe-kick"
+"""
+
+
+def _processes(n: int) -> list[tuple[int, int]]:
+    """(first, count) per load-generator process."""
+    procs = max(1, math.ceil(n / PER_PROCESS))
+    base, extra = divmod(n, procs)
+    out, first = [], 0
+    for i in range(procs):
+        count = base + (1 if i < extra else 0)
+        out.append((first, count))
+        first += count
+    return out
+
+
+def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[float]]) -> None:
+    """Control probes every ~100 ms until ``stop``: API set, policy kick, Health.Check."""
+    from supervisor.client import OperatorClient
+    from trainer_sdk import Float, connect
+
+    spec = {"lr": Float(0.05, min=1e-5, max=1.0, log=True)}
+    api = connect("probe-api", spec, address=sup.address, telemetry=False)
+    kick = connect("probe-kick", spec, address=sup.address, telemetry=False)
+    client = OperatorClient(sup.address)
+    channel = grpc.insecure_channel(sup.address)
+    health = health_pb2_grpc.HealthStub(channel)
+    poller = Poller([api, kick], "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
+    rng = random.Random(1)
+    try:
+        api.wait_connected(60)
+        kick.wait_connected(60)
+        poller.start()
+        i = 0
+        while not stop.is_set():
+            i += 1
+            t0 = time.perf_counter_ns()
+            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+            out["health_ms"].append((time.perf_counter_ns() - t0) / 1e6)
+            v = round(0.01 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+            t0 = time.perf_counter_ns()
+            client.set("probe-api", {"lr": v})
+            seen = poller.wait_for(0, v, timeout=30)
+            if seen is None:
+                out["lost"].append(1)
+            else:
+                out["api_ms"].append((seen - t0) / 1e6)
+            v2 = round(0.02 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+            t0 = time.perf_counter_ns()
+            kick.report(i, kick=v2)
+            seen = poller.wait_for(1, v2, timeout=30)
+            if seen is None:
+                out["lost"].append(2)
+            else:
+                out["policy_ms"].append((seen - t0) / 1e6)
+            stop.wait(rng.uniform(0.05, 0.15))
+    finally:
+        poller.stop.set()
+        client.close()
+        channel.close()
+        api.close(timeout=1)
+        kick.close(timeout=1)
+
+
+def _points_received(address: str) -> int:
+    from supervisor.client import OperatorClient
+
+    with OperatorClient(address, timeout=60) as client:
+        return sum(r.points_received for r in client.runs("scale-*"))
+
+
+def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bool,
+             plateau: bool = True) -> dict[str, Any]:
+    workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
+    config = workdir / "policies.toml"
+    config.write_text(CONFIG if plateau else CONFIG.replace('runs = "scale-*"', 'runs = "no-run-matches-*"'))
+    res: dict[str, Any] = {"streams": n, "plateau": plateau}
+    with SupervisorProcess(config=config, workdir=workdir) as sup:
+        duration = warmup + window + 2
+        gens = []
+        for first, count in _processes(n):
+            stats = workdir / f"loadgen-{first}.json"
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "bench._loadgen", "--address", sup.address, "--streams", str(count), "--first",
+                 str(first), "--rate", str(RATE), "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
+                 "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            gens.append((proc, stats))
+        t_connect = time.perf_counter()
+        for proc, _ in gens:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            if line.strip() != "READY":
+                raise RuntimeError(f"load generator failed to connect its streams: {line!r}")
+        res["connect_all_s"] = time.perf_counter() - t_connect
+        for proc, _ in gens:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        probes: dict[str, list[float]] = {"api_ms": [], "policy_ms": [], "health_ms": [], "lost": []}
+        time.sleep(warmup)
+        stop = threading.Event()
+        prober = threading.Thread(target=_probe, args=(sup, stop, probes), daemon=True)
+        prober.start()
+        time.sleep(1.0)
+        gen_cpu0 = sum(cpu_seconds(p.pid) for p, _ in gens)
+        me0, usage0, threads0 = time.process_time(), cpu_counters(), thread_cpu_seconds(sup.pid)
+        cpu0, t0 = cpu_seconds(sup.pid), time.perf_counter()
+        recv0 = _points_received(sup.address)
+        spy = None
+        if profile and shutil.which("py-spy", path=str(Path(PYTHON).parent)):
+            spy = _start_py_spy(sup.pid, out_dir, min(20.0, window - 3))
+        rss_samples = []
+        end = t0 + window - 1.0
+        while time.perf_counter() < end:
+            rss_samples.append(rss_mib(sup.pid))
+            time.sleep(1.0)
+        recv1 = _points_received(sup.address)
+        cpu1, t1 = cpu_seconds(sup.pid), time.perf_counter()
+        gen_cpu1 = sum(cpu_seconds(p.pid) for p, _ in gens)
+        me1, usage1, threads1 = time.process_time(), cpu_counters(), thread_cpu_seconds(sup.pid)
+        res["machine_usage"] = machine_usage(usage0, usage1)
+        res["prober_cpu_cores"] = (me1 - me0) / (t1 - t0)
+        res["supervisor_event_loop_cpu_cores"] = (threads1.get(sup.pid, 0) - threads0.get(sup.pid, 0)) / (t1 - t0)
+        stop.set()
+        prober.join(30)
+        res["rss_peak_mib"] = rss_peak_mib(sup.pid)
+        res["rss_mib_end"] = rss_mib(sup.pid)
+        if spy is not None:
+            res["profile"] = _finish_py_spy(spy, out_dir)
+        for proc, _ in gens:
+            proc.wait(120)
+        gen_stats = [json.loads(path.read_text()) for _, path in gens]
+    shutil.rmtree(workdir, ignore_errors=True)
+    # stored rate from the load generators' per-second samples inside [t0, t1] (wall clock)
+    wall0, wall1 = time.time() - (time.perf_counter() - t0), time.time() - (time.perf_counter() - t1)
+    acked = _rate_in_window(gen_stats, "acked", wall0, wall1)
+    sent = _rate_in_window(gen_stats, "sent", wall0, wall1)
+    res.update(
+        window_s=t1 - t0,
+        offered_values_s=n * RATE * VALUES_PER_POINT,
+        sent_values_s=sent * VALUES_PER_POINT,
+        stored_values_s=acked * VALUES_PER_POINT,
+        received_values_s=(recv1 - recv0) / (t1 - t0) * VALUES_PER_POINT,
+        supervisor_cpu_cores=(cpu1 - cpu0) / (t1 - t0),
+        loadgen_cpu_cores=(gen_cpu1 - gen_cpu0) / (t1 - t0),
+        rss_samples_mib=rss_samples,
+        probes={k: summary(v) if k != "lost" else len(v) for k, v in probes.items()},
+        probe_samples=probes,
+        deltas_to_streams=sum(g["deltas"] for g in gen_stats),
+        loadgen_errors=[e for g in gen_stats for e in g["errors"]][:10],
+        loadgen_processes=len(gens),
+        backlog_points_end=sum(g["sent"] - g["acked"] for g in gen_stats),
+    )
+    return res
+
+
+def _rate_in_window(gen_stats: list[dict[str, Any]], key: str, t0: float, t1: float) -> float:
+    total = 0.0
+    for g in gen_stats:
+        inside = [s for s in g["samples"] if t0 <= s["t"] <= t1]
+        if len(inside) >= 2:
+            total += (inside[-1][key] - inside[0][key]) / (inside[-1]["t"] - inside[0]["t"])
+    return total
+
+
+def _start_py_spy(pid: int, out_dir: Path, duration: float) -> dict[str, Any]:
+    exe = str(Path(PYTHON).with_name("py-spy"))
+    raw = out_dir / "profile.txt"
+    svg = out_dir / "profile.svg"
+    common = ["--pid", str(pid), "--duration", str(int(duration)), "--nonblocking", "--rate", "50"]
+    procs = [
+        subprocess.Popen([exe, "record", "-f", "raw", "--gil", "-o", str(raw), *common], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True),
+        subprocess.Popen([exe, "record", "-f", "flamegraph", "-o", str(svg), *common], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True),
+    ]
+    return {"procs": procs, "raw": raw, "svg": svg}
+
+
+def _finish_py_spy(spy: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    errors = []
+    for proc in spy["procs"]:
+        try:
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate()
+        if proc.returncode != 0:
+            errors.append(err[-500:])
+    raw: Path = spy["raw"]
+    if not raw.exists():
+        return {"error": "; ".join(errors) or "py-spy wrote nothing"}
+    return {**top_frames(raw), "svg": str(spy["svg"].relative_to(ROOT)), "raw": str(raw.relative_to(ROOT)),
+            "errors": errors}
+
+
+def _frame(frame: str) -> str:
+    """'func (path/file.py:123)' -> 'func (path/file.py)': aggregate over lines."""
+    head, sep, _ = frame.rpartition(":")
+    return head + ")" if sep and "(" in head else frame
+
+
+def top_frames(raw: Path, k: int = 15) -> dict[str, Any]:
+    """Self and inclusive sample shares per function from py-spy's raw (collapsed) output."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack:
+            continue
+        n = int(count)
+        total += n
+        frames = [_frame(f) for f in stack.split(";")]
+        own[frames[-1]] += n
+        for frame in set(frames):
+            inclusive[frame] += n
+    return {
+        "samples": total,
+        "self": [(f, round(c / total, 4)) for f, c in own.most_common(k)],
+        "inclusive": [(f, round(c / total, 4)) for f, c in inclusive.most_common(k + 10)],
+    }
+
+
+def run(quick: bool, out: Path | None = None) -> Result:
+    out = out or ROOT / "bench" / "results"
+    result = Result("scale")
+    sizes = [1, 16, 64] if quick else [1, 16, 64, 256, 1000]
+    # the same sizes without the plateau policy, to show what policy evaluation costs
+    bare = [] if quick else [64, 256, 1000]
+    warmup, window = (2.0, 6.0) if quick else (5.0, 25.0)
+    runs = []
+    for n, plateau in [(n, True) for n in sizes] + [(n, False) for n in bare]:
+        print(f"  ... {n} streams{'' if plateau else ', no plateau policy'}", flush=True)
+        try:
+            runs.append(run_size(n, warmup=warmup, window=window, out_dir=out, plateau=plateau,
+                                 profile=(plateau and n == sizes[-1])))
+        except Exception as exc:  # a size that cannot run is reported, the others still are
+            runs.append({"streams": n, "plateau": plateau, "error": f"{type(exc).__name__}: {exc}"})
+    for r in runs:
+        n = r["streams"]
+        label = f"{n} streams" + ("" if r["plateau"] else " (no policy)")
+        if "error" in r:
+            result.row(label, "failed", note=r["error"])
+            continue
+        p = r["probes"]
+        api, pol, hc = p["api_ms"], p["policy_ms"], p["health_ms"]
+        big = n >= TARGET_STREAMS and r["plateau"]
+        result.row(f"{label}: stored values/s", r["stored_values_s"], "values/s",
+                   target=f">= {TARGET_VALUES_S:,} at {TARGET_STREAMS}" if big else "",
+                   met=(r["stored_values_s"] >= TARGET_VALUES_S) if big else None,
+                   note=f"offered {r['offered_values_s']:,.0f}, sent {r['sent_values_s']:,.0f}, supervisor received "
+                        f"{r['received_values_s']:,.0f}; {r['stored_values_s'] / r['offered_values_s']:.0%} of offered;"
+                        f" unacked at the end {r['backlog_points_end']:,} points; {r['loadgen_processes']} load "
+                        f"processes; all {n} streams connected in {r['connect_all_s']:.1f} s")
+        result.row(f"{label}: control latency under load p50 / p99 (API set -> visible)",
+                   f"{api.get('p50', float('nan')):.1f} / {api.get('p99', float('nan')):.1f}", "ms",
+                   target=f"p99 < {TARGET_P99_MS:g} ms" if r["plateau"] else "",
+                   met=api.get("p99", math.inf) < TARGET_P99_MS if r["plateau"] else None,
+                   note=f"{api.get('n', 0)} probes; Health.Check p50 {hc.get('p50', float('nan')):.1f} / p99 "
+                        f"{hc.get('p99', float('nan')):.1f} ms; report -> policy -> visible p50 "
+                        f"{pol.get('p50', float('nan')):.1f} / p99 {pol.get('p99', float('nan')):.1f} ms; "
+                        f"lost {p['lost']}")
+        result.row(f"{label}: supervisor CPU / peak RSS", f"{r['supervisor_cpu_cores']:.2f} cores / "
+                   f"{r['rss_peak_mib']:.0f} MiB", "",
+                   target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
+                   note=f"its event-loop thread {r['supervisor_event_loop_cpu_cores']:.2f} cores; load generators "
+                        f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
+                        f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; "
+                        f"{r['deltas_to_streams']} deltas (plateau decisions) reached the streams")
+    largest = next((r for r in reversed(runs) if "error" not in r and "profile" in r), None)
+    if largest is not None and "profile" in largest:
+        prof = largest["profile"]
+        if "self" in prof:
+            top = "; ".join(f"{f} {s:.0%}" for f, s in prof["self"][:6])
+            result.row(f"py-spy at {largest['streams']} streams: top self frames", "see note", "",
+                       note=top + f" ({prof['samples']} samples; {prof['svg']})")
+            result.plots.append(prof["svg"])
+    result.data = {"runs": runs, "sizes": sizes, "warmup_s": warmup, "window_s": window}
+    if len([r for r in runs if "error" not in r and r["plateau"]]) > 1:
+        result.plots.append(_plot(runs, out))
+    return result
+
+
+def _plot(runs: list[dict[str, Any]], out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in runs if "error" not in r and r["plateau"]]
+    n = [r["streams"] for r in ok]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    axes[0].plot(n, [r["offered_values_s"] for r in ok], "--", label="offered")
+    axes[0].plot(n, [r["stored_values_s"] for r in ok], "o-", label="stored")
+    axes[0].set_ylabel("values/s")
+    axes[1].plot(n, [r["probes"]["api_ms"].get("p50", np.nan) for r in ok], "o-", label="API p50")
+    axes[1].plot(n, [r["probes"]["api_ms"].get("p99", np.nan) for r in ok], "o-", label="API p99")
+    axes[1].plot(n, [r["probes"]["policy_ms"].get("p99", np.nan) for r in ok], "o-", label="policy p99")
+    axes[1].set_ylabel("ms")
+    axes[1].set_yscale("log")
+    axes[2].plot(n, [r["supervisor_cpu_cores"] for r in ok], "o-", label="supervisor CPU (cores)")
+    axes[2].plot(n, [r["loadgen_cpu_cores"] for r in ok], "o-", label="load generators CPU (cores)")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_xlabel("streams")
+        ax.legend()
+    fig.tight_layout()
+    path = out / "scale.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path.relative_to(ROOT))
