@@ -98,7 +98,8 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float,
     return nn.functional.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
 
 
-def train(args: argparse.Namespace) -> dict[str, Any]:
+def train(args: argparse.Namespace, hp: Any = None) -> dict[str, Any]:
+    """Train; ``hp`` defaults to a session (or constants with --no-sdk); benchmarks pass their own."""
     torch.manual_seed(args.seed)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -111,7 +112,12 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     checkpoint_dir = Path(args.checkpoint_dir)
     good = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict()})  # last good state, in memory
 
-    hp = connect_params(args)  # sdk
+    if hp is None:
+        hp = connect_params(args)  # sdk
+    if args.wait_params:  # a search trial waits for the values the supervisor suggests
+        deadline = time.monotonic() + args.wait_params
+        while hp.version == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
     summary: dict[str, Any] = {"run": args.run, "seed": args.seed, "sdk": not args.no_sdk, "epochs": [],
                                "stopped": False, "rollbacks": 0, "checkpoints": []}
     start = time.perf_counter()
@@ -194,6 +200,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--clip-norm", type=float, default=1e4, help="gradient clipping norm (default: large, no clipping)")
+    p.add_argument("--wait-params", type=float, default=0.0, metavar="SECONDS",
+                   help="before training, wait up to this long for the supervisor's first change (search trials)")
     p.add_argument("--sleep", type=float, default=0.0, help="seconds to sleep per step, to make a demo watchable")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: torch's default)")
     p.add_argument("--checkpoint-dir", default="checkpoints")
