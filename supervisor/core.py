@@ -67,6 +67,7 @@ class Supervisor:
             run.dropped_by_session[0] = row.dropped
             self.runs[run.name] = run
             self.metrics.set_param_values(run.name, run.values)
+            self.metrics.run_finished(run.name)  # not connected: retired after the retention unless it returns
         self.writer.start()
 
     async def stop(self) -> None:
@@ -265,8 +266,7 @@ class Supervisor:
             run.disconnected_at = time.time()
             if self.policies is not None:
                 self.policies.run_disconnected(run)
-            if run.outcome:
-                self.metrics.run_finished(run.name)
+            self.metrics.run_finished(run.name)
         self.metrics.set_connected(run.name, run.connected_ranks)
         log.info("trainer disconnected: run=%s rank=%d", stream.run, stream.rank)
 

@@ -119,6 +119,8 @@ class SupervisorServer:
         if self.policy_host is not None:
             await self.policy_host.stop()
         await self.core.stop()
+        if self.metrics is not None:
+            self.metrics.close()
         self.db.close()
 
 

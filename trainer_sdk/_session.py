@@ -318,10 +318,15 @@ def _start_telemetry(session: Session, interval: float) -> None:
     except ImportError:  # pragma: no cover - telemetry module is part of the SDK
         return
     state = session._state
-    report = type(session).report
+    queue = state.queue
+    append = queue.append
 
     def emit(values: dict[str, float]) -> None:
-        report(max(state.last_step, 0), **values)
+        if len(queue) >= state.buffer_size:
+            state.overflow += 1
+        # Not through report(): the sampler's thread must neither apply step-gated
+        # deltas nor move last_step, which belong to the training thread.
+        append((max(state.last_step, 0), time.time(), values))
 
     sampler = TelemetrySampler(emit, interval=interval)
     state.sampler = sampler
