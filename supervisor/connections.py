@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from supervisor.batches import MetricColumns
 from supervisor.storage import Database, Store
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
@@ -37,7 +38,7 @@ class IngestItem:
     run: str
     stream: TrainerStream
     dropped_total: int
-    points: Sequence[pb.MetricPoint]
+    columns: MetricColumns
 
 
 class IngestWriter:
@@ -74,7 +75,7 @@ class IngestWriter:
 
     async def submit(self, item: IngestItem) -> None:
         self._pending.append(item)
-        self._pending_points += len(item.points)
+        self._pending_points += len(item.columns)
         self._wakeup.set()
         if self._pending_points > self._max_pending:
             self._room.clear()
@@ -90,7 +91,7 @@ class IngestWriter:
                 continue
             await self._db.write(
                 Store.insert_metrics,
-                [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.points) for i in items],
+                [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
             )
             self.commits += 1
             result: Any = self._on_stored(items)

@@ -7,13 +7,13 @@ messages to these calls and SupervisorError subclasses to status codes.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import math
 import time
 from collections.abc import Iterable
 from typing import Any
 
+from supervisor.batches import from_wire
 from supervisor.connections import IngestItem, IngestWriter, TrainerStream
 from supervisor.runs import RefusedChange, RunState, SupervisorError, UnknownRun, param_from_dict, param_to_dict
 from supervisor.storage import ChangeRow, Database, Store
@@ -281,41 +281,48 @@ class Supervisor:
 
     async def ingest(self, stream: TrainerStream, batch: pb.MetricBatch) -> None:
         run = self.runs[stream.run]
-        points = batch.points
-        if points and points[0].seq <= stream.last_seq:
-            points = [p for p in points if p.seq > stream.last_seq]  # a resend after reconnecting
+        try:
+            columns = from_wire(batch)
+        except ValueError as exc:
+            raise BadSession(str(exc)) from None
         now = time.time()
         run.last_seen = now
-        if not points:
+        if columns.seqs and columns.seqs[0] <= stream.last_seq:
+            columns = columns.after(stream.last_seq)  # a resend after reconnecting
+        if not columns.seqs:
             return
-        for previous, point in itertools.pairwise(points):
-            if point.seq <= previous.seq:
-                raise BadSession(f"metric seq must increase within a batch: {previous.seq} then {point.seq}")
-        stream.last_seq = points[-1].seq
+        stream.last_seq = columns.last_seq
         run.dropped_by_session[stream.session_key] = batch.dropped_total
+        latest = run.latest
         non_finite = 0
-        for point in points:
-            values = point.values
-            run.latest.update(values)
-            run.remember(point.step, values)
-            for value in values.values():
-                if not math.isfinite(value):
-                    non_finite += 1
-            if point.step > run.last_step:
-                run.last_step = point.step
-                run.step_times.append((now, point.step))
-        run.points += len(points)
+        for name, value in zip(columns.names, columns.values, strict=True):
+            latest[name] = value
+            if not math.isfinite(value):
+                non_finite += 1
+        if self.policies is not None:
+            run.remember(columns.value_steps(), columns.names, columns.values)
+        last = max(columns.steps)
+        if last > run.last_step:
+            run.last_step = last
+            run.step_times.append((now, last))
+        run.points += len(columns)
         if non_finite:
             self.metrics.record_error("non_finite_metric")
-        self.metrics.add_points(run.name, len(points))
+        self.metrics.add_points(run.name, len(columns))
         self.metrics.set_dropped(run.name, run.dropped)
-        self.metrics.set_latest_metrics(run.name, run.latest)
-        await self.writer.submit(IngestItem(run.id, run.name, stream, batch.dropped_total, points))
+        self.metrics.set_latest_metrics(run.name, latest)
+        await self.writer.submit(IngestItem(run.id, run.name, stream, batch.dropped_total, columns))
+
+    async def settle(self, stream: TrainerStream, timeout: float = 5.0) -> None:
+        """Wait until every point the stream sent is stored (and acknowledged), or timeout."""
+        deadline = time.monotonic() + timeout
+        while stream.stored_seq < stream.last_seq and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     async def _stored(self, items: list[IngestItem]) -> None:
         for item in items:
             stream = item.stream
-            seq = item.points[-1].seq
+            seq = item.columns.last_seq
             if seq > stream.stored_seq:
                 stream.stored_seq = seq
                 stream.send(pb.ConnectResponse(metrics_ack=pb.MetricsAck(seq=seq)))
@@ -323,7 +330,7 @@ class Supervisor:
             for item in items:
                 run = self.runs.get(item.run)
                 if run is not None:
-                    self.policies.observe(run, item.points)
+                    self.policies.observe(run, item.columns)
 
     # -- changes ---------------------------------------------------------------------------
 

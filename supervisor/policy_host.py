@@ -35,6 +35,7 @@ from policies import (
     arbitrate,
     load_config,
 )
+from supervisor.batches import MetricColumns
 from supervisor.runs import RefusedChange, RunState
 from supervisor.storage import Store
 from trainer_sdk import Choice, Float, Int, Param
@@ -135,8 +136,8 @@ class PolicyHost:
     def run_connected(self, run: RunState) -> None:
         self._enqueue(run, ("attach", None))
 
-    def observe(self, run: RunState, points: Iterable[Any]) -> None:
-        for point in points:
+    def observe(self, run: RunState, columns: MetricColumns) -> None:
+        for point in columns.points():
             self._enqueue(run, ("point", point))
 
     def run_finished(self, run: RunState, outcome: int) -> None:
@@ -187,7 +188,8 @@ class PolicyHost:
                 return
             await self._apply(run, await self._attach(view))
         if kind == "point":
-            point = MetricPoint(run=run.name, step=payload.step, time=payload.time, metrics=dict(payload.values))
+            _, step, when, values = payload
+            point = MetricPoint(run=run.name, step=step, time=when, metrics=values)
             outcomes: list[Outcome] = []
             for runner in self.engine.runners_for(run.name):
                 outcomes.extend(await self._call_runner(runner, run, point, view))

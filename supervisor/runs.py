@@ -10,6 +10,7 @@ import asyncio
 import fnmatch
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -118,9 +119,9 @@ class RunState:
 
     # -- metric history for policies ----------------------------------------------------
 
-    def remember(self, step: int, values: Any) -> None:
+    def remember(self, steps: Iterable[int], names: Iterable[str], values: Iterable[float]) -> None:
         history = self.metric_history
-        for name, value in values.items():
+        for step, name, value in zip(steps, names, values, strict=True):
             series = history.get(name)
             if series is None:
                 series = history[name] = deque(maxlen=HISTORY_PER_METRIC)

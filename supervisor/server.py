@@ -133,6 +133,10 @@ async def _set_health(servicer: Any, status: int) -> None:
 
 async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before anyone can know our address
+        loop.add_signal_handler(signum, stop.set)
     server = SupervisorServer(config)
     await server.start()
     print(f"listening on {config.host}:{server.port}", flush=True)
@@ -141,10 +145,6 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
         print(f"metrics on http://{host}:{port}/metrics", flush=True)
     if ready is not None:
         ready(server)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -71,6 +71,7 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
             while True:
                 message = await context.read()
                 if message is grpc.aio.EOF:
+                    await self.core.settle(stream)  # acknowledge what is still being committed
                     break
                 kind = message.WhichOneof("message")
                 if kind == "metrics":

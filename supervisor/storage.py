@@ -21,7 +21,10 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from supervisor.batches import MetricColumns
 
 SCHEMA_VERSION = 1
 
@@ -122,14 +125,6 @@ class ChangeRow:
     apply_at_step: int | None
     step: int
     acks: list[tuple[int, int, float]]  # (rank, step, time)
-
-
-@dataclass
-class MetricPoint:
-    seq: int
-    step: int
-    time: float
-    values: dict[str, float]
 
 
 class Store:
@@ -336,7 +331,7 @@ class Store:
             )
             return int(cur.lastrowid or 0), 0, False
 
-    def insert_metrics(self, batches: Sequence[tuple[int, int, int, int, Sequence[MetricPoint]]]) -> None:
+    def insert_metrics(self, batches: Sequence[tuple[int, int, int, int, MetricColumns]]) -> None:
         """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
 
         Callers pass only points newer than the session's stored seq, in order;
@@ -346,15 +341,13 @@ class Store:
         rows: list[tuple[Any, ...]] = []
         sessions: list[tuple[int, int, int]] = []
         runs: dict[int, list[int]] = {}
-        for run_id, rank, session, dropped, points in batches:
-            for p in points:
-                for name, value in p.values.items():
-                    rows.append((run_id, rank, p.seq, p.step, p.time, name, None if math.isnan(value) else value))
-            if points:
-                sessions.append((points[-1].seq, dropped, session))
+        for run_id, rank, session, dropped, columns in batches:
+            rows.extend(columns.rows(run_id, rank))
+            if len(columns):
+                sessions.append((columns.last_seq, dropped, session))
                 agg = runs.setdefault(run_id, [0, -1])
-                agg[0] += len(points)
-                agg[1] = max(agg[1], max(p.step for p in points))
+                agg[0] += len(columns)
+                agg[1] = max(agg[1], max(columns.steps))
             else:
                 sessions.append((0, dropped, session))
         with self._txn():

@@ -181,9 +181,9 @@ class Transport:
             unacked = self._unacked
             if unacked:
                 start = max(0, self._sent_seq + 1 - unacked[0][0])
-                batch: list[pb.MetricPoint] = []
-                for seq, step, when, values in itertools.islice(unacked, start, None):
-                    batch.append(pb.MetricPoint(seq=seq, step=step, time=when, values=values))
+                batch: list[tuple[int, int, float, dict[str, float]]] = []
+                for point in itertools.islice(unacked, start, None):
+                    batch.append(point)
                     if len(batch) == MAX_POINTS_PER_MESSAGE:
                         outbox.put(self._batch(batch))
                         batch = []
@@ -194,8 +194,32 @@ class Transport:
                 outbox.put(pb.ConnectRequest(goodbye=self._goodbye))
                 self._goodbye = None
 
-    def _batch(self, points: list[pb.MetricPoint]) -> pb.ConnectRequest:
-        return pb.ConnectRequest(metrics=pb.MetricBatch(points=points, dropped_total=self.dropped))
+    def _batch(self, points: list[tuple[int, int, float, dict[str, float]]]) -> pb.ConnectRequest:
+        """Consecutive points as columns: building them costs a fraction of one message per point."""
+        index: dict[str, int] = {}
+        steps, times, counts, name_indexes, values = [], [], [], [], []
+        for _, step, when, point_values in points:
+            steps.append(step)
+            times.append(when)
+            counts.append(len(point_values))
+            for name, value in point_values.items():
+                i = index.get(name)
+                if i is None:
+                    i = index[name] = len(index)
+                name_indexes.append(i)
+                values.append(value)
+        return pb.ConnectRequest(
+            metrics=pb.MetricBatch(
+                first_seq=points[0][0],
+                steps=steps,
+                times=times,
+                value_counts=counts,
+                names=list(index),
+                name_indexes=name_indexes,
+                values=values,
+                dropped_total=self.dropped,
+            )
+        )
 
     # -- connection thread -------------------------------------------------------------
 

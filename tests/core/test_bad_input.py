@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -97,6 +98,42 @@ def test_non_monotonic_sequence_is_refused(supervisor):
     assert "metric seq must increase" in info.value.details()
     channel.close()
     assert_still_serving(supervisor)
+
+
+@pytest.mark.parametrize(
+    ("batch", "expected"),
+    [
+        (pb.MetricBatch(first_seq=1, steps=[1, 2], times=[0.0], value_counts=[1, 1], names=["x"],
+                        name_indexes=[0, 0], values=[1.0, 2.0]), "metric columns disagree: 2 steps, 1 times"),
+        (pb.MetricBatch(first_seq=1, steps=[1], times=[0.0], value_counts=[2], names=["x"], name_indexes=[0],
+                        values=[1.0]), "value counts add up to 2"),
+        (pb.MetricBatch(first_seq=1, steps=[1], times=[0.0], value_counts=[1], names=["x"], name_indexes=[4],
+                        values=[1.0]), "name index is outside the batch's 1 names"),
+        (pb.MetricBatch(first_seq=0, steps=[1], times=[0.0], value_counts=[0]), "first_seq is 0"),
+        (pb.MetricBatch(points=[pb.MetricPoint(seq=1)], steps=[1], times=[0.0], value_counts=[0], values=[1.0],
+                        name_indexes=[0], names=["x"]), "either points or columns"),
+    ],
+)
+def test_inconsistent_metric_columns_are_refused(supervisor, batch, expected):
+    channel, call = open_stream(supervisor.address, [hello("cols"), pb.ConnectRequest(metrics=batch)])
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in info.value.details()
+    channel.close()
+    assert_still_serving(supervisor)
+
+
+def test_points_form_is_accepted_and_deduplicated(supervisor):
+    batch = pb.MetricBatch(points=[pb.MetricPoint(seq=s, step=s, values={"x": float(s)}) for s in (1, 2, 3)])
+    resend = pb.MetricBatch(points=[pb.MetricPoint(seq=s, step=s, values={"x": float(s)}) for s in (2, 3, 4)])
+    channel, call = open_stream(supervisor.address, [hello("pts"), pb.ConnectRequest(metrics=batch),
+                                                     pb.ConnectRequest(metrics=resend)])
+    acks = [r.metrics_ack.seq for r in call if r.WhichOneof("message") == "metrics_ack"]
+    assert acks[-1] == 4
+    channel.close()
+    steps = [json.loads(line)["step"] for line in supervisor.cli("metrics", "pts", "--json").stdout.splitlines()]
+    assert steps == [1, 2, 3, 4]
 
 
 def test_garbage_on_the_port_does_not_hurt_the_server(supervisor):

@@ -143,12 +143,26 @@ class MetricPoint(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("points", "dropped_total")
+    __slots__ = ("points", "dropped_total", "first_seq", "steps", "times", "value_counts", "names", "name_indexes", "values")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    TIMES_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    NAME_INDEXES_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     dropped_total: int
-    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ...) -> None: ...
+    first_seq: int
+    steps: _containers.RepeatedScalarFieldContainer[int]
+    times: _containers.RepeatedScalarFieldContainer[float]
+    value_counts: _containers.RepeatedScalarFieldContainer[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    name_indexes: _containers.RepeatedScalarFieldContainer[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ..., first_seq: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., times: _Optional[_Iterable[float]] = ..., value_counts: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ..., name_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Applied(_message.Message):
     __slots__ = ("version", "step", "time")
