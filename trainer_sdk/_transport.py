@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import os
 import queue
 import random
@@ -133,8 +132,7 @@ class Transport:
 
     def _drain(self) -> None:
         popleft = self.state.queue.popleft
-        unacked = self._unacked
-        capacity = self.state.buffer_size
+        converted = []
         while True:
             try:
                 step, when, metrics = popleft()
@@ -142,14 +140,29 @@ class Transport:
                 break
             values = {}
             for name, value in metrics.items():
-                number = self._to_float(name, value)
+                # Plain floats are the common case; anything else (ints, numpy
+                # scalars, 0-d tensors whose .item() runs here, off the training
+                # thread) takes the slow path.
+                number = value if type(value) is float else self._to_float(name, value)
                 if number is not None:
+                    if number - number != 0.0:  # NaN or an infinity
+                        self._non_finite(name, number)
                     values[name] = number
-            with self._send_lock:
-                unacked.append((next(self._seq), int(step), when, values))
-                while len(unacked) > capacity:
-                    unacked.popleft()
-                    self._dropped += 1
+            converted.append((next(self._seq), int(step), when, values))
+        if not converted:
+            return
+        unacked = self._unacked
+        capacity = self.state.buffer_size
+        with self._send_lock:
+            unacked.extend(converted)
+            while len(unacked) > capacity:
+                unacked.popleft()
+                self._dropped += 1
+
+    def _non_finite(self, name: str, number: float) -> None:
+        if ("nf:" + name) not in self._warned_metrics:
+            self._warned_metrics.add("nf:" + name)
+            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, self.state.last_step)
 
     def _to_float(self, name: str, value: Any) -> float | None:
         if isinstance(value, str):
@@ -164,9 +177,6 @@ class Transport:
                 self._warned_metrics.add(name)
                 log.warning("metric %r: %r is not a number; dropping such values", name, value)
             return None
-        if not math.isfinite(number) and ("nf:" + name) not in self._warned_metrics:
-            self._warned_metrics.add("nf:" + name)
-            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, self.state.last_step)
         return number
 
     def _send(self) -> None:
