@@ -66,6 +66,7 @@ def main() -> int:
     seen: list[tuple[int, dict]] = []
     last: dict = {}
     durations: list[float] = []
+    step_times: list[float] = []
     step = 0
     while step < args.steps or (args.until_trigger and args.steps == 0):
         t0 = time.perf_counter()
@@ -84,6 +85,7 @@ def main() -> int:
             break
         time.sleep(args.sleep)
         durations.append(time.perf_counter() - t0)
+        step_times.append(time.time())
         step += 1
     flushed = hp.flush(30)
     emit(
