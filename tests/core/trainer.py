@@ -97,6 +97,7 @@ def main() -> int:
         dropped=hp.dropped,
         flushed=flushed,
         max_step_seconds=max(durations or [0.0]),
+        step_times=step_times,
     )
     hp.close()
     return 0
