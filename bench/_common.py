@@ -99,6 +99,14 @@ def machine() -> dict[str, Any]:
         except ImportError:
             info[module] = None
     try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                            text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ".", ":!bench", ":!BENCHMARKS.md"], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.split("\n")
+        info["git_uncommitted_outside_bench"] = [line for line in dirty if line.strip()]
+    except (OSError, subprocess.CalledProcessError):
+        info["git_commit"] = None
+    try:
         mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
         info["mem_gib"] = round(int(mem) / 2**20, 1)
     except (OSError, IndexError, ValueError):
@@ -172,7 +180,7 @@ class SupervisorProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
         env.pop("SUPERVISOR_ADDR", None)
         self.log_path = self.workdir / "supervisor.log"
-        self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
         self.address = self._wait_listening()
         # keep draining stdout so the server never blocks on a full pipe
@@ -217,6 +225,14 @@ class SupervisorProcess:
 
     def __exit__(self, *_: Any) -> None:
         self.stop()
+
+
+def rel(path: Path) -> str:
+    """A path relative to the repository root when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def fmt(value: float, digits: int = 3) -> str:

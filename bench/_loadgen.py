@@ -1,8 +1,9 @@
 """Load generator for the scale benchmark: many trainer streams in one process, raw gRPC.
 
 Each stream speaks the v1 protocol as trainer_sdk does (Hello; MetricBatch
-messages with consecutive seq; Applied for every Delta; MetricsAcks read
-back), on its own channel, from one asyncio loop per process. A stream
+messages in the columnar form the SDK sends, with consecutive seq; Applied for
+every Delta; MetricsAcks read back), on its own channel, from one asyncio loop
+per process. A stream
 reports ``metrics`` values per point at ``rate`` points per second on a fixed
 schedule; when it falls behind it sends the points due in one batch, as the
 SDK's pump does. One of the values is ``val_loss`` (slowly decreasing, with
@@ -72,11 +73,19 @@ class Stream:
         while (message := await self.queue.get()) is not None:
             yield message
 
-    def point(self, step: int) -> pb.MetricPoint:
-        self.seq += 1
-        values = {name: self.rng.random() for name in self.names[1:]}
-        values["val_loss"] = 1.0 / (1.0 + 0.02 * step) + self.rng.gauss(0, 0.01)
-        return pb.MetricPoint(seq=self.seq, step=step, time=time.time(), values=values)
+    def batch(self, steps: list[int]) -> pb.ConnectRequest:
+        """Points for ``steps`` as one columnar MetricBatch, as trainer_sdk builds it."""
+        first = self.seq + 1
+        self.seq += len(steps)
+        now = time.time()
+        width = len(self.names)
+        values: list[float] = []
+        for step in steps:
+            values.append(1.0 / (1.0 + 0.02 * step) + self.rng.gauss(0, 0.01))  # val_loss
+            values.extend(self.rng.random() for _ in range(width - 1))
+        return pb.ConnectRequest(metrics=pb.MetricBatch(
+            first_seq=first, steps=steps, times=[now] * len(steps), value_counts=[width] * len(steps),
+            names=self.names, name_indexes=list(range(width)) * len(steps), values=values))
 
     async def run_stream(self, channel: grpc.aio.Channel, start: asyncio.Event, stop: asyncio.Event) -> None:
         stub = pb_grpc.TrainerServiceStub(channel)
@@ -91,9 +100,8 @@ class Stream:
             while not stop.is_set():
                 due = int((time.monotonic() - t0) / period) + 1
                 if due > step:
-                    points = [self.point(s) for s in range(step, due)]
+                    self.queue.put_nowait(self.batch(list(range(step, due))))
                     step = due
-                    self.queue.put_nowait(pb.ConnectRequest(metrics=pb.MetricBatch(points=points)))
                     self.messages += 1
                 wait = t0 + step * period - time.monotonic()
                 if wait > 0:

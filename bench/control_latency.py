@@ -36,7 +36,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench._common import PYTHON, ROOT, Result, SupervisorProcess, summary
+from bench._common import PYTHON, ROOT, Result, SupervisorProcess, rel, summary
 
 CLI_TARGET_MS = 34.0  # LiveTune's `tune` median, quoted (not measured here)
 API_TARGET_RATIO = 2.0
@@ -219,7 +219,7 @@ def _phase_cli(sup: SupervisorProcess, n: int) -> dict[str, list[float]]:
             raise RuntimeError("session did not connect")
         poller.start()
         timed([*cli, "set", "bench-cli", "lr=0.04", "--address", sup.address])  # warm the page cache
-        for i, v in enumerate(_values(n, 0.011)):
+        for v in _values(n, 0.011):
             out["python_pass_ms"].append(timed([PYTHON, "-c", "pass"]))
             out["python_import_ms"].append(timed([PYTHON, "-c", "import grpc, supervisor.client"]))
             t0 = time.perf_counter_ns()
@@ -266,9 +266,10 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    "ms", note="the default 20 ms flush_interval batches points; a point reported while the pump "
                               "sleeps waits for it")
         dec, app = summary(d["policy_report_to_decision_ms"]), summary(d["policy_decision_to_applied_ms"])
-        result.row(f"[{label}] (d) split: report -> decision recorded p50 / p99", f"{dec['p50']:.2f} / {dec['p99']:.2f}",
-                   "ms", note=f"from the supervisor's history (time.time() on one machine); decision -> applied "
-                              f"by the trainer p50 {app['p50']:.2f} ms, p99 {app['p99']:.2f} ms")
+        result.row(f"[{label}] (d) split: report -> decision recorded p50 / p99",
+                   f"{dec['p50']:.2f} / {dec['p99']:.2f}", "ms",
+                   note=f"from the supervisor's history (time.time() on one machine); decision -> applied "
+                        f"by the trainer p50 {app['p50']:.2f} ms, p99 {app['p99']:.2f} ms")
         data[mode + "_summary"] = {"api_ms": api, "health_ms": hc, "policy_ms": pol, "api_rpc_ms": rpc}
     c = data["cli"]
     cli, ex, pp, pi = (summary(c[k]) for k in ("cli_visible_ms", "cli_exit_ms", "python_pass_ms", "python_import_ms"))
@@ -299,7 +300,7 @@ def _plot(data: dict[str, Any], out: Path) -> str:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, mode in zip(axes, ("spin", "sleep")):
+    for ax, mode in zip(axes, ("spin", "sleep"), strict=True):
         d = data[mode]
         for key, label in (("health_ms", "(c) Health.Check"), ("api_ms", "(a) API set"),
                            ("policy_ms", "(d) report->policy")):
@@ -315,4 +316,4 @@ def _plot(data: dict[str, Any], out: Path) -> str:
     path = out / "control_latency.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return str(path.relative_to(ROOT))
+    return rel(path)

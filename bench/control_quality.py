@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench._common import ROOT, Result, SupervisorProcess
+from bench._common import ROOT, Result, SupervisorProcess, rel
 from bench.training_overhead import _load_example
 
 EPOCHS = 30
@@ -194,7 +194,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
         target = met = None
         note = f"val acc {s['val_acc_mean']:.4f} +- {s['val_acc_std']:.4f}; compute {compute:.2f}x one run"
         if label.startswith("supervisor"):
-            wins = sum(r["final_val_loss"] <= g["final_val_loss"] for r, g in zip(runs, grid[best_lr]))
+            wins = sum(r["final_val_loss"] <= g["final_val_loss"] for r, g in zip(runs, grid[best_lr], strict=True))
             target = "<= grid best val loss"
             met = s["val_loss_mean"] <= grid_best["val_loss_mean"]
             note += f"; <= grid best in {wins}/{len(seeds)} seeds"
@@ -202,9 +202,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    target=target or "", met=met, note=note)
     # plateau: supervisor vs torch, epoch by epoch
     agree, first_diff = [], []
-    for t, s in zip(torch_plateau, sup_plateau):
+    for t, s in zip(torch_plateau, sup_plateau, strict=True):
         a, b = t["lr_per_epoch"], s["lr_per_epoch"]
-        same = [math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b)]
+        same = [math.isclose(x, y, rel_tol=1e-9) for x, y in zip(a, b, strict=False)]
         agree.append(sum(same) / len(same))
         first_diff.append(next((i for i, ok in enumerate(same) if not ok), None))
     result.row("plateau: epochs whose lr equals torch's (supervisor vs in process)",
@@ -247,7 +247,7 @@ def _plot(data: dict[str, Any], grid_best: list[dict[str, Any]], best_lr: float,
     axes[0].set_xlabel("epoch")
     axes[0].set_ylabel("val loss (mean, min-max over seeds)")
     axes[0].legend()
-    for i, (t, s) in enumerate(zip(data["torch_plateau"], data["supervisor_plateau"])):
+    for i, (t, s) in enumerate(zip(data["torch_plateau"], data["supervisor_plateau"], strict=True)):
         axes[1].step(range(1, len(t["lr_per_epoch"]) + 1), t["lr_per_epoch"], where="post", color=f"C{i}",
                      label=f"torch s{i}")
         axes[1].step(range(1, len(s["lr_per_epoch"]) + 1), s["lr_per_epoch"], where="post", color=f"C{i}",
@@ -260,4 +260,4 @@ def _plot(data: dict[str, Any], grid_best: list[dict[str, Any]], best_lr: float,
     path = out / "control_quality.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return str(path.relative_to(ROOT))
+    return rel(path)

@@ -90,7 +90,9 @@ def table(info: dict[str, Any], sections: dict[str, Any]) -> str:
     lines = [
         f"Machine: {info['nproc']} CPUs ({info['cpu_model']}), {info.get('mem_gib', '?')} GiB, "
         f"Python {info['python']}, torch {info['torch']}, grpcio {info['grpc']}, protobuf {info['google.protobuf']}, "
-        f"numpy {info['numpy']}; load average at start {', '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}.",
+        f"numpy {info['numpy']}; load average at start {', '.join(f'{x:.2f}' for x in info['loadavg_at_start'])}; "
+        f"code at git {info.get('git_commit')}"
+        f"{' with uncommitted changes outside bench/' if info.get('git_uncommitted_outside_bench') else ''}.",
         "",
         "| benchmark | measurement | value | unit | target | met | notes |",
         "|---|---|---|---|---|---|---|",

@@ -38,8 +38,20 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench._common import (PYTHON, ROOT, Result, SupervisorProcess, cpu_counters, cpu_seconds, machine_usage, rss_mib,
-                           rss_peak_mib, summary, thread_cpu_seconds)
+from bench._common import (
+    PYTHON,
+    ROOT,
+    Result,
+    SupervisorProcess,
+    cpu_counters,
+    cpu_seconds,
+    machine_usage,
+    rel,
+    rss_mib,
+    rss_peak_mib,
+    summary,
+    thread_cpu_seconds,
+)
 from bench.control_latency import Poller
 
 VALUES_PER_POINT = 10
@@ -254,7 +266,7 @@ def _finish_py_spy(spy: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     raw: Path = spy["raw"]
     if not raw.exists():
         return {"error": "; ".join(errors) or "py-spy wrote nothing"}
-    return {**top_frames(raw), "svg": str(spy["svg"].relative_to(ROOT)), "raw": str(raw.relative_to(ROOT)),
+    return {**top_frames(raw), "svg": rel(spy["svg"]), "raw": rel(raw),
             "errors": errors}
 
 
@@ -328,7 +340,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
         result.row(f"{label}: supervisor CPU / peak RSS", f"{r['supervisor_cpu_cores']:.2f} cores / "
                    f"{r['rss_peak_mib']:.0f} MiB", "",
                    target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
-                   note=f"its event-loop thread {r['supervisor_event_loop_cpu_cores']:.2f} cores; load generators "
+                   note=f"{r['stored_values_s'] / max(r['supervisor_cpu_cores'], 1e-9):,.0f} values stored per "
+                        f"supervisor CPU-second; its event-loop thread {r['supervisor_event_loop_cpu_cores']:.2f} "
+                        f"cores; load generators "
                         f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
                         f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; "
                         f"{r['deltas_to_streams']} deltas (plateau decisions) reached the streams")
@@ -373,4 +387,4 @@ def _plot(runs: list[dict[str, Any]], out: Path) -> str:
     path = out / "scale.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
-    return str(path.relative_to(ROOT))
+    return rel(path)

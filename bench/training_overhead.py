@@ -51,6 +51,17 @@ def _load_example() -> Any:
     return module
 
 
+def _voluntary_switches() -> int:
+    """Voluntary context switches of the calling thread so far (it blocked: on the GIL, a lock, I/O)."""
+    import threading
+
+    with open(f"/proc/self/task/{threading.get_native_id()}/status") as f:
+        for line in f:
+            if line.startswith("voluntary_ctxt_switches"):
+                return int(line.split(":")[1])
+    return 0
+
+
 def worker(address: str, rounds: int, epochs: int) -> None:
     """Runs in the worker process; prints one JSON line per run and BEGIN/END markers."""
     example = _load_example()
@@ -63,15 +74,18 @@ def worker(address: str, rounds: int, epochs: int) -> None:
             argv += ["--address", address, "--run", f"overhead-{variant}"]
         args = example.parse_args(argv)
         print(f"BEGIN {variant} {tag}", flush=True)
-        c0, t0 = time.process_time(), time.thread_time()
+        c0, t0, v0 = time.process_time(), time.thread_time(), _voluntary_switches()
         summary = example.train(args)
         cpu, main_cpu = time.process_time() - c0, time.thread_time() - t0
+        switches = (_voluntary_switches() - v0) / max(summary["steps"], 1)
         print(f"END {variant} {tag}", flush=True)
         times = [0.0] + [e["time_s"] for e in summary["epochs"]]
         epochs_s = np.diff(times).tolist()
         epoch_s = float(np.median(epochs_s[1:]))  # the first epoch includes connecting
-        return {"variant": variant, "tag": tag, "loop_s": summary["loop_s"], "epoch_s": epoch_s, "epochs_s": epochs_s, "wall_s": summary["wall_s"],
-                "steps": summary["steps"], "cpu_s": cpu, "main_cpu_s": main_cpu, "version": summary["version"],
+        return {"variant": variant, "tag": tag, "loop_s": summary["loop_s"], "epoch_s": epoch_s, "epochs_s": epochs_s,
+                "wall_s": summary["wall_s"],
+                "steps": summary["steps"], "cpu_s": cpu, "main_cpu_s": main_cpu, "switches_per_step": switches,
+                "version": summary["version"],
                 "final_val_loss": summary["final_val_loss"]}
 
     warm = train("no-sdk", "warmup")
@@ -168,6 +182,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
             "cpu": [rr[variant]["cpu_s"] / rr["no-sdk"]["cpu_s"] for rr in by_round.values()],
             "main_cpu": [rr[variant]["main_cpu_s"] / rr["no-sdk"]["main_cpu_s"] for rr in by_round.values()],
         }
+    switches = {v: float(np.median([r["switches_per_step"] for r in runs if r["variant"] == v])) for v in VARIANTS}
     pooled = {v: float(np.median([x for r in runs if r["variant"] == v for x in r["epochs_s"][1:]])) for v in VARIANTS}
     base = summary([r["loop_s"] for r in runs if r["variant"] == "no-sdk"])
     steps = runs[0]["steps"]
@@ -181,7 +196,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
         cpu = np.array(ratios[variant]["cpu"])
         extra = ""
         if variant == "sdk+ops":
-            extra = f"; {op.sets} sets at one per {OPS_EVERY_STEPS} steps ({op.interval * 1e3:.1f} ms), {op.errors} errors"
+            extra = (f"; {op.sets} sets at one per {OPS_EVERY_STEPS} steps ({op.interval * 1e3:.1f} ms), "
+                     f"{op.errors} errors")
         steady = np.median(epoch) - 1
         lo, hi = _bootstrap_ci(epoch)
         is_control = variant == "no-sdk-again"
@@ -200,8 +216,12 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    note=f"per-round ratios min {loop.min():.3f} max {loop.max():.3f}; includes the session's start; "
                         f"with close() (waits until all points are stored) {(np.median(close) - 1) * 100:+.1f}%; "
                         f"trainer process CPU {(np.median(cpu) - 1) * 100:+.1f}%, its training thread's CPU "
-                        f"{(np.median(ratios[variant]['main_cpu']) - 1) * 100:+.1f}%")
-    result.data = {"runs": runs, "ratios": ratios, "pooled_epoch_s": pooled, "supervisor_cpu_fraction": sup_cpu, "step_s": step_s,
+                        f"{(np.median(ratios[variant]['main_cpu']) - 1) * 100:+.1f}%; the training thread blocked "
+                        f"(voluntary context switches) {switches[variant]:.2f} times per step, no-sdk "
+                        f"{switches['no-sdk']:.2f}")
+    result.data = {"runs": runs, "ratios": ratios, "pooled_epoch_s": pooled, "switches_per_step": switches,
+                   "supervisor_cpu_fraction": sup_cpu,
+                   "step_s": step_s,
                    "operator_sets": op.sets, "operator_errors": op.errors, "operator_interval_s": op.interval}
     return result
 
