@@ -64,11 +64,6 @@ class MetricColumns:
                 value = next(values)
                 yield run_id, rank, seq, step, when, next(names), None if value != value else value
 
-    def value_steps(self) -> Iterator[int]:
-        """The step of each value, in order."""
-        for step, count in zip(self.steps, self.counts, strict=True):
-            yield from itertools.repeat(step, count)
-
 
 def from_wire(batch: pb.MetricBatch) -> MetricColumns:
     """Normalise either wire form; raises ValueError saying what is inconsistent."""

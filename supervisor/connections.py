@@ -68,6 +68,7 @@ class IngestWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
+        self._states: dict[tuple[str, str], Any] = {}
         self.commits = 0
 
     def start(self) -> None:
@@ -81,26 +82,35 @@ class IngestWriter:
             self._room.clear()
             await self._room.wait()
 
+    def save_states(self, items: list[tuple[str, str, Any]]) -> None:
+        """Persist policy state with the next commit (later saves of one key replace earlier ones)."""
+        for policy, scope, state in items:
+            self._states[(policy, scope)] = state
+        self._wakeup.set()
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             items, self._pending, self._pending_points = self._pending, [], 0
+            states, self._states = self._states, {}
             self._room.set()
-            if not items:
+            if not items and not states:
                 continue
             await self._db.write(
                 Store.insert_metrics,
                 [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
+                [(policy, scope, state) for (policy, scope), state in states.items()],
             )
             self.commits += 1
-            result: Any = self._on_stored(items)
-            if asyncio.iscoroutine(result):
-                await result
+            if items:
+                result: Any = self._on_stored(items)
+                if asyncio.iscoroutine(result):
+                    await result
 
     async def stop(self) -> None:
         # Store what is already queued, then stop.
-        while self._pending:
+        while self._pending or self._states:
             self._wakeup.set()
             await asyncio.sleep(0.01)
         if self._task is not None:

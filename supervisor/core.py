@@ -299,8 +299,6 @@ class Supervisor:
             latest[name] = value
             if not math.isfinite(value):
                 non_finite += 1
-        if self.policies is not None:
-            run.remember(columns.value_steps(), columns.names, columns.values)
         last = max(columns.steps)
         if last > run.last_step:
             run.last_step = last

@@ -49,6 +49,9 @@ POLICY_TIMEOUT_SECONDS = 2.0
 VANISHED_AFTER_SECONDS = 60.0
 """A run disconnected this long without a goodbye is ended as "vanished" for its policies."""
 
+HISTORY_PER_METRIC = 1_000
+"""Recent (step, value) pairs a run's view keeps per metric for its policies."""
+
 MAX_QUEUED_POINTS = 10_000
 """Points waiting for one run's lane; past it the oldest are skipped (counted as errors)."""
 
@@ -73,18 +76,54 @@ def spec_for_policies(name: str, param: Param) -> ParamSpec:
 
 
 class LiveRunView:
-    """A policy's read-only view of a live run, snapshotted when the round starts."""
+    """A policy's read-only view of a live run, as replay's InMemoryRun sees a recorded one.
 
-    def __init__(self, run: RunState, specs: Mapping[str, ParamSpec]) -> None:
-        self._run = run
+    ``step`` and ``history`` cover exactly the points evaluated so far (ingestion
+    may be ahead of the policies), so live decisions equal replayed ones.
+    ``params``, ``specs`` and ``pinned`` are refreshed from the run before each
+    round; only the run's lane touches the view, one call at a time.
+    """
+
+    def __init__(self, run: RunState) -> None:
         self.run = run.name
         self.step = run.last_step
+        self.params: Mapping[str, Any] = MappingProxyType({})
+        self.specs: Mapping[str, ParamSpec] = MappingProxyType({})
+        self.pinned: frozenset[str] = frozenset()
+        self._declared: dict[str, Param] | None = None
+        self._history: dict[str, deque[tuple[int, float]]] = {}
+
+    def refresh(self, run: RunState) -> LiveRunView:
+        if self._declared is not run.params:
+            self._declared = run.params
+            self.specs = MappingProxyType({n: spec_for_policies(n, p) for n, p in run.params.items()})
         self.params = MappingProxyType(dict(run.values))
-        self.specs = specs
         self.pinned = frozenset(run.pinned)
+        return self
+
+    def record(self, step: int, values: Mapping[str, float]) -> None:
+        if step > self.step:
+            self.step = step
+        history = self._history
+        for name, value in values.items():
+            series = history.get(name)
+            if series is None:
+                series = history[name] = deque(maxlen=HISTORY_PER_METRIC)
+            series.append((step, value))
 
     def history(self, metric: str, last: int | None = None) -> Sequence[tuple[int, float]]:
-        return self._run.history(metric, last)
+        series = list(self._history.get(metric, ()))
+        return series if last is None else series[-last:]
+
+
+class _Progress:
+    """What a worker evaluating a batch of points is doing, for the lane's watchdog."""
+
+    def __init__(self) -> None:
+        self.current: tuple[PolicyRunner, float, int] | None = None  # runner, started (monotonic), point index
+        self.outcomes: list[Outcome] = []
+        self.timings: list[tuple[str, float]] = []
+        self.abandoned = False
 
 
 class PolicyHost:
@@ -97,7 +136,7 @@ class PolicyHost:
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
         self._runner_locks: dict[int, asyncio.Lock] = {}
-        self._specs: dict[str, tuple[dict[str, Param], Mapping[str, ParamSpec]]] = {}
+        self._views: dict[str, LiveRunView] = {}
         self._watchdog: asyncio.Task[None] | None = None
         # The engine's bookkeeping (attach, detach) is not thread-safe: one at a time.
         self._engine_lock = asyncio.Lock()
@@ -167,12 +206,19 @@ class PolicyHost:
             await wakeup.wait()
             wakeup.clear()
             while lane:
-                kind, payload = lane.popleft()
                 run = self.core.runs.get(name)
                 if run is None:
-                    continue
+                    lane.clear()
+                    break
                 try:
-                    await self._handle(run, kind, payload)
+                    if lane[0][0] == "point" and self._batchable(run):
+                        points = []
+                        while lane and lane[0][0] == "point":
+                            points.append(lane.popleft()[1])
+                        await self._points(run, points, lane)
+                    else:
+                        kind, payload = lane.popleft()
+                        await self._handle(run, kind, payload)
                 except Exception:
                     log.exception("policy round for run %s failed", name)
                     self.core.metrics.record_error("policy_host")
@@ -189,6 +235,7 @@ class PolicyHost:
             await self._apply(run, await self._attach(view))
         if kind == "point":
             _, step, when, values = payload
+            view.record(step, values)
             point = MetricPoint(run=run.name, step=step, time=when, metrics=values)
             outcomes: list[Outcome] = []
             for runner in self.engine.runners_for(run.name):
@@ -203,6 +250,71 @@ class PolicyHost:
                 self.engine.detach(run.name)
             await self._apply(run, arbitrate(outcomes, view))
         await self._save(run.name)
+
+    def _batchable(self, run: RunState) -> bool:
+        """Run-scoped runners only: a population runner is shared with other lanes and needs its lock."""
+        if not self.engine.is_attached(run.name):
+            return False
+        return all(runner.scope == "run" for runner in self.engine.runners_for(run.name))
+
+    async def _points(self, run: RunState, points: list[Any], lane: deque[tuple[str, Any]]) -> None:
+        """Evaluate queued points in one worker call, stopping at the first that yields outcomes.
+
+        One thread hop per batch instead of one per point and runner. Stopping at
+        the first decision keeps replay's semantics: the next point is evaluated
+        only after the decision was applied, with the new values in the view.
+        """
+        view = self._view(run)
+        runners = self.engine.runners_for(run.name)
+        progress = _Progress()
+        future = asyncio.get_running_loop().run_in_executor(self._pool, self._evaluate, runners, view, points, progress)
+        while True:
+            done, _ = await asyncio.wait({future}, timeout=min(0.25, self.timeout / 4))
+            if done:
+                consumed, outcomes = future.result()
+                break
+            current = progress.current
+            if current is not None and time.monotonic() - current[1] > self.timeout:
+                runner, _, index = current
+                progress.abandoned = True
+                future.add_done_callback(lambda f: f.exception())  # its result no longer matters
+                failure = runner.record_failure(
+                    f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=points[index][1]
+                )
+                outcomes = arbitrate([*progress.outcomes, failure], view)
+                consumed = index + 1
+                break
+        for policy_id, seconds in progress.timings:
+            self.core.metrics.observe_policy_seconds(policy_id, seconds)
+        for point in reversed(points[consumed:]):
+            lane.appendleft(("point", point))
+        await self._apply(run, outcomes)
+        await self._save(run.name)
+
+    @staticmethod
+    def _evaluate(
+        runners: list[PolicyRunner], view: LiveRunView, points: list[Any], progress: _Progress
+    ) -> tuple[int, list[Outcome]]:
+        """Runs in a worker thread."""
+        for index, (_, step, when, values) in enumerate(points):
+            view.record(step, values)
+            point = MetricPoint(run=view.run, step=step, time=when, metrics=values)
+            progress.outcomes = []
+            for runner in runners:
+                if runner.disabled or runner.busy:
+                    continue
+                started = time.monotonic()
+                progress.current = (runner, started, index)
+                result = runner.observe(point, view)
+                progress.timings.append((runner.policy_id, time.monotonic() - started))
+                if progress.abandoned:
+                    return index, []
+                progress.outcomes.extend(result)
+            progress.current = None
+            outcomes = arbitrate(progress.outcomes, view)
+            if outcomes:
+                return index + 1, outcomes
+        return len(points), []
 
     async def _attach(self, view: LiveRunView) -> list[Outcome]:
         async with self._engine_lock:
@@ -320,14 +432,13 @@ class PolicyHost:
             for runner in self.engine.runners_for(name)
         ]
         items.append((_ATTACHED, name, [runner.policy_id for runner in self.engine.runners_for(name)]))
-        await self.core.db.write(Store.save_policy_state, items)
+        self.core.writer.save_states(items)  # committed with the next metrics round
 
     def _view(self, run: RunState) -> LiveRunView:
-        cached = self._specs.get(run.name)
-        if cached is None or cached[0] is not run.params:
-            cached = (run.params, MappingProxyType({n: spec_for_policies(n, p) for n, p in run.params.items()}))
-            self._specs[run.name] = cached
-        return LiveRunView(run, cached[1])
+        view = self._views.get(run.name)
+        if view is None:
+            view = self._views[run.name] = LiveRunView(run)
+        return view.refresh(run)
 
     async def _watch_vanished(self) -> None:
         while True:

@@ -10,7 +10,6 @@ import asyncio
 import fnmatch
 import time
 from collections import deque
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -18,9 +17,6 @@ from trainer_sdk import Bool, Choice, Float, Int, InvalidValue, Param, Text
 
 if TYPE_CHECKING:
     from supervisor.connections import TrainerStream
-
-HISTORY_PER_METRIC = 1_000
-"""Recent (step, value) pairs kept per metric and run for policies."""
 
 
 class SupervisorError(Exception):
@@ -81,7 +77,6 @@ class RunState:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     waiters: list[tuple[int, asyncio.Future[None]]] = field(default_factory=list)
     step_times: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
-    metric_history: dict[str, deque[tuple[int, float]]] = field(default_factory=dict)
     disconnected_at: float | None = None
 
     # -- connection view --------------------------------------------------------------
@@ -116,20 +111,6 @@ class RunState:
 
     def matches(self, glob: str) -> bool:
         return not glob or fnmatch.fnmatchcase(self.name, glob)
-
-    # -- metric history for policies ----------------------------------------------------
-
-    def remember(self, steps: Iterable[int], names: Iterable[str], values: Iterable[float]) -> None:
-        history = self.metric_history
-        for step, name, value in zip(steps, names, values, strict=True):
-            series = history.get(name)
-            if series is None:
-                series = history[name] = deque(maxlen=HISTORY_PER_METRIC)
-            series.append((step, value))
-
-    def history(self, metric: str, last: int | None = None) -> list[tuple[int, float]]:
-        series = list(self.metric_history.get(metric, ()))
-        return series if last is None else series[-last:]
 
     # -- validation ---------------------------------------------------------------------
 

@@ -331,9 +331,14 @@ class Store:
             )
             return int(cur.lastrowid or 0), 0, False
 
-    def insert_metrics(self, batches: Sequence[tuple[int, int, int, int, MetricColumns]]) -> None:
+    def insert_metrics(
+        self,
+        batches: Sequence[tuple[int, int, int, int, MetricColumns]],
+        policy_states: Iterable[tuple[str, str, Any]] = (),
+    ) -> None:
         """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
 
+        Policy state saved since the last round goes into the same transaction.
         Callers pass only points newer than the session's stored seq, in order;
         ``last_seq`` moves in the same transaction, so a crash never leaves
         points stored without the seq that de-duplicates them.
@@ -359,6 +364,7 @@ class Store:
                 "UPDATE runs SET points = points + ?, last_step = MAX(last_step, ?) WHERE id = ?",
                 [(n, step, run_id) for run_id, (n, step) in runs.items()],
             )
+            self._put_policy_states(policy_states)
 
     def touch(self, run_id: int, when: float) -> None:
         with self._txn():
@@ -383,11 +389,14 @@ class Store:
 
     def save_policy_state(self, items: Iterable[tuple[str, str, Any]]) -> None:
         with self._txn():
-            self._conn.executemany(
-                "INSERT INTO policy_state VALUES (?, ?, ?)"
-                " ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
-                [(policy, scope, json.dumps(state)) for policy, scope, state in items],
-            )
+            self._put_policy_states(items)
+
+    def _put_policy_states(self, items: Iterable[tuple[str, str, Any]]) -> None:
+        self._conn.executemany(
+            "INSERT INTO policy_state VALUES (?, ?, ?)"
+            " ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
+            [(policy, scope, json.dumps(state)) for policy, scope, state in items],
+        )
 
     def load_policy_state(self) -> dict[tuple[str, str], Any]:
         return {(p, s): json.loads(state) for p, s, state in self._conn.execute("SELECT * FROM policy_state")}
