@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             section = {"title": BENCHMARKS[name], "rows": [], "data": {}, "plots": [],
                        "error": f"{type(exc).__name__}: {exc}"}
         section["machine_usage"] = machine_usage(counters, cpu_counters())
-        section.update(mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
+        section.update(git_commit=info.get("git_commit"), mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
             timespec="seconds"), seconds=round(time.time() - started, 1))
         sections[name] = section
         for row in section["rows"]:
@@ -102,7 +102,8 @@ def table(info: dict[str, Any], sections: dict[str, Any]) -> str:
         if section is None:
             continue
         usage = section.get("machine_usage", {})
-        title = (f"{section['title']} ({section['mode']}, {section['started']}; machine busy "
+        title = (f"{section['title']} ({section['mode']}, {section['started']}, git {section.get('git_commit', '?')}; "
+                 f"machine busy "
                  f"{usage.get('busy', float('nan')):.0%}, steal {usage.get('steal', float('nan')):.0%})")
         if section.get("error"):
             lines.append(f"| {title} | failed | | | | | {section['error']} |")
