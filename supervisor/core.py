@@ -342,12 +342,15 @@ class Supervisor:
         apply_at_step: int | None = None,
         pin: bool = True,
         respect_pins: bool = False,
+        step: int | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Validate, record durably, then send one atomic change. Returns (version, old values).
 
         An operator's change (``pin``) pins its parameters against policies; a
         policy's change (``respect_pins``) is refused for pinned parameters,
         checked under the run's lock so a pin and a policy cannot race.
+        ``step`` is the step the change answers (a policy's point); default:
+        the run's latest step.
         """
         run = self.get(name)
         if apply_at_step is not None and apply_at_step < 0:
@@ -372,11 +375,19 @@ class Supervisor:
                 apply_at_step=apply_at_step,
                 values={**run.values, **changes},
                 pinned=pinned,
+                step=step,
             )
         return version, old
 
     async def fire_trigger(
-        self, name: str, trigger: str, *, reason: str, source: str = "operator", apply_at_step: int | None = None
+        self,
+        name: str,
+        trigger: str,
+        *,
+        reason: str,
+        source: str = "operator",
+        apply_at_step: int | None = None,
+        step: int | None = None,
     ) -> int:
         run = self.get(name)
         if not trigger or not trigger.isprintable() or len(trigger) > 100:
@@ -394,6 +405,7 @@ class Supervisor:
                 changes={},
                 trigger=trigger,
                 apply_at_step=apply_at_step,
+                step=step,
             )
         return version
 
@@ -427,9 +439,12 @@ class Supervisor:
         reason: str,
         changes: dict[str, tuple[Any, Any]],
         trigger: str | None = None,
+        step: int | None = None,
     ) -> None:
         """A history entry that changes nothing: a proposal, a refusal, a policy error."""
-        await self._record(run, version=None, kind=kind, source=source, reason=reason, changes=changes, trigger=trigger)
+        await self._record(
+            run, version=None, kind=kind, source=source, reason=reason, changes=changes, trigger=trigger, step=step
+        )
 
     async def _record(
         self,
@@ -445,6 +460,7 @@ class Supervisor:
         values: dict[str, Any] | None = None,
         pinned: set[str] | None = None,
         now: float | None = None,
+        step: int | None = None,
     ) -> None:
         """Persist first; only then update memory and tell the trainers."""
         now = time.time() if now is None else now
@@ -458,7 +474,7 @@ class Supervisor:
             changes=changes,
             trigger=trigger,
             apply_at_step=apply_at_step,
-            step=run.last_step,
+            step=run.last_step if step is None else step,
             now=now,
             values=values,
             pinned=pinned,

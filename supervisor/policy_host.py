@@ -377,6 +377,7 @@ class PolicyHost:
                         apply_at_step=outcome.apply_at_step,
                         pin=False,
                         respect_pins=True,
+                        step=outcome.step,
                     )
                 elif kind == "trigger" and outcome.trigger:
                     await self.core.fire_trigger(
@@ -385,6 +386,7 @@ class PolicyHost:
                         reason=outcome.reason,
                         source=source,
                         apply_at_step=outcome.apply_at_step,
+                        step=outcome.step,
                     )
                 else:
                     await self._record(target, outcome)
@@ -422,6 +424,7 @@ class PolicyHost:
             reason=reason or outcome.reason,
             changes=changes,
             trigger=outcome.trigger,
+            step=outcome.step,
         )
 
     # -- state ------------------------------------------------------------------------------------

@@ -147,7 +147,7 @@ class Session:
         if self._transport is None:
             return False
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._state.poke()
+        self._transport.request_flush()
         while not self._transport.flushed():
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -250,7 +250,7 @@ def connect(
     world_size: int | None = None,
     token: str | None = None,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
-    flush_interval: float = 0.02,
+    flush_interval: float = 0.25,
     backoff_max: float = 5.0,
     telemetry: bool | float = True,
 ) -> Session:
@@ -262,7 +262,9 @@ def connect(
     default to torchrun's ``$RANK`` and ``$WORLD_SIZE``. ``params`` maps names
     to a Float/Int/Bool/Choice declaration or a plain default (number, bool,
     string: no bounds). ``telemetry`` samples GPU (or host) usage every 5 s,
-    or every ``telemetry`` seconds if a number is given.
+    or every ``telemetry`` seconds if a number is given. Metric points go to
+    the supervisor at most every ``flush_interval`` seconds in a steady stream
+    (at once after a quiet spell); acknowledgements of changes go at once.
     """
     if not isinstance(run, str) or not run.strip() or len(run) > 200 or not run.isprintable():
         raise ValueError(f"run must be a non-empty printable name of at most 200 characters, got {run!r}")

@@ -94,6 +94,7 @@ class Transport:
         self._dropped = 0
         self._warned_metrics: set[str] = set()
         self._goodbye: pb.Goodbye | None = None
+        self._flush_now = False
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
 
@@ -113,22 +114,45 @@ class Transport:
 
     # -- pump thread -----------------------------------------------------------------
 
+    def request_flush(self) -> None:
+        """Send every queued point now instead of at the next flush interval."""
+        self._flush_now = True
+        self.state.poke()
+
     def _pump_loop(self) -> None:
+        """Acknowledgements go at once; points go at most every ``flush_interval``.
+
+        A point reported after a quiet spell goes at once (low latency for
+        sparse events); in a steady stream points wait for the interval and go
+        together, which keeps both the trainer's and the supervisor's cost per
+        point low. report() wakes the pump only when it is idle, so a busy
+        training loop never signals the pump thread.
+        """
         state = self.state
+        last_flush = 0.0
         while True:
-            state.pump_idle = True
-            if not state.queue and not state.acks:
-                state.wake.wait(1.0)
-            state.pump_idle = False
+            if state.queue:
+                delay = last_flush + self.flush_interval - time.monotonic()
+                if delay > 0 and not state.acks and not self._flush_now and not self.stopping.is_set():
+                    state.wake.wait(delay)
+            else:
+                state.pump_idle = True
+                if not state.queue and not state.acks and not self._flush_now and not self.stopping.is_set():
+                    state.wake.wait(1.0)
+                state.pump_idle = False
             state.wake.clear()
             try:
-                self._drain()
+                now = time.monotonic()
+                due = now >= last_flush + self.flush_interval or self._flush_now or self.stopping.is_set()
+                if state.queue and due:
+                    self._flush_now = False
+                    last_flush = now
+                    self._drain()
                 self._send()
             except Exception:  # never let a bad point kill the pump
                 log.exception("trainer_sdk pump failed on a batch; continuing")
             if self.stopping.is_set() and not state.queue:
                 return
-            time.sleep(self.flush_interval)
 
     def _drain(self) -> None:
         popleft = self.state.queue.popleft
@@ -349,7 +373,7 @@ class Transport:
         """Flush, say goodbye, and stop; True if every point was stored in time."""
         deadline = time.monotonic() + timeout
         self._goodbye = pb.Goodbye(outcome=outcome)
-        self.state.poke()
+        self.request_flush()
         while (
             time.monotonic() < deadline
             and self.connected.is_set()
