@@ -144,8 +144,8 @@ class Transport:
             try:
                 now = time.monotonic()
                 due = now >= last_flush + self.flush_interval or self._flush_now or self.stopping.is_set()
+                self._flush_now = False  # served now, whether or not anything was queued
                 if state.queue and due:
-                    self._flush_now = False
                     last_flush = now
                     self._drain()
                 self._send()

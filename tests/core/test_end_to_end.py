@@ -196,3 +196,25 @@ def test_health_service_reports_serving(supervisor):
         for service in ("", "trainer_sdk.protocol.v1.TrainerService", "trainer_sdk.protocol.v1.OperatorService"):
             status = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_idle_session_uses_no_cpu_after_flushes(supervisor):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = (
+        "import sys, time\n"
+        "from trainer_sdk import connect\n"
+        "hp = connect(run='idle', params={'lr': 0.1}, address=sys.argv[1], telemetry=False)\n"
+        "assert hp.wait_connected(10)\n"
+        "hp.report(0, loss=1.0); assert hp.flush(10); assert hp.flush(10)  # the second finds nothing queued\n"
+        "t0 = time.process_time(); time.sleep(1.5); print(time.process_time() - t0)\n"
+        "hp.close()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, supervisor.address], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout) < 0.3, f"an idle session burned {result.stdout.strip()} s of CPU in 1.5 s"
