@@ -5,15 +5,15 @@ messages in the columnar form the SDK sends, with consecutive seq; Applied for
 every Delta; MetricsAcks read back), on its own channel, from one asyncio loop
 per process. A stream
 reports ``metrics`` values per point at ``rate`` points per second on a fixed
-schedule; when it falls behind it sends the points due in one batch, as the
-SDK's pump does. One of the values is ``val_loss`` (slowly decreasing, with
+schedule and sends them as trainer_sdk's pump does: the first point at once,
+then whatever is due at most every ``flush_interval`` seconds (the SDK's
+default, passed in by bench/scale.py), in one message. One of the values is ``val_loss`` (slowly decreasing, with
 noise) for the plateau policy.
 
 Why raw streams and not SDK sessions: an SDK session costs two Python threads
 and a channel; 250 of them in one process would measure thread switching in
 the load generator, not the supervisor. The messages on the wire are the
-same (the SDK sends one point per message at 10 Hz, since its pump flushes
-every 20 ms).
+same.
 
 Run: ``python -m bench._loadgen --address HOST:PORT --streams 250 --first 0
 --duration 20 --out stats.json``. Prints ``READY`` once every stream got its
@@ -47,10 +47,12 @@ PARAMS = [
 
 
 class Stream:
-    def __init__(self, address: str, run: str, *, rate: float, metrics: int, seed: int) -> None:
+    def __init__(self, address: str, run: str, *, rate: float, metrics: int, seed: int,
+                 flush_interval: float) -> None:
         self.address = address
         self.run = run
         self.rate = rate
+        self.flush_interval = flush_interval
         self.names = ["val_loss"] + [f"m{i}" for i in range(metrics - 1)]
         self.rng = random.Random(seed)
         self.seq = 0
@@ -96,14 +98,19 @@ class Stream:
             await start.wait()
             period = 1.0 / self.rate
             t0 = time.monotonic() + self.rng.random() * period  # spread streams over the period
-            step = 0
+            step = 0  # points up to `step` (exclusive) are sent
+            last_send = -math.inf
             while not stop.is_set():
-                due = int((time.monotonic() - t0) / period) + 1
-                if due > step:
+                now = time.monotonic()
+                due = int((now - t0) / period) + 1  # points reported by now
+                if due > step and now - last_send >= self.flush_interval:
                     self.queue.put_nowait(self.batch(list(range(step, due))))
-                    step = due
                     self.messages += 1
-                wait = t0 + step * period - time.monotonic()
+                    step, last_send = due, now
+                # wake at the next report, or when the flush interval allows the pending ones out
+                next_report = t0 + step * period if due <= step else now
+                wake = max(next_report, last_send + self.flush_interval)
+                wait = wake - time.monotonic()
                 if wait > 0:
                     try:
                         await asyncio.wait_for(stop.wait(), wait)
@@ -137,7 +144,7 @@ class Stream:
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     streams = [Stream(args.address, f"{args.prefix}-{args.first + i:04d}", rate=args.rate, metrics=args.metrics,
-                      seed=args.first + i) for i in range(args.streams)]
+                      seed=args.first + i, flush_interval=args.flush_interval) for i in range(args.streams)]
     per_channel = max(1, args.streams_per_channel)
     channels = [grpc.aio.insecure_channel(args.address) for _ in range(math.ceil(len(streams) / per_channel))]
     start, stop = asyncio.Event(), asyncio.Event()
@@ -175,6 +182,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=10.0, help="points per second per stream")
     p.add_argument("--metrics", type=int, default=10, help="values per point")
     p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--flush-interval", type=float, default=0.25, help="at most one message per this many seconds")
     p.add_argument("--streams-per-channel", type=int, default=1)
     p.add_argument("--out", required=True)
     args = p.parse_args()

@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             section = {"title": BENCHMARKS[name], "rows": [], "data": {}, "plots": [],
                        "error": f"{type(exc).__name__}: {exc}"}
         section["machine_usage"] = machine_usage(counters, cpu_counters())
-        section.update(git_commit=info.get("git_commit"), mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
+        section["git_commit"] = info.get("git_commit")
+        section.update(mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
             timespec="seconds"), seconds=round(time.time() - started, 1))
         sections[name] = section
         for row in section["rows"]:

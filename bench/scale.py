@@ -78,6 +78,15 @@ runs = "probe-kick"
 """
 
 
+def _sdk_flush_interval() -> float:
+    """The SDK's default flush_interval: the load generators batch as a session with defaults does."""
+    import inspect
+
+    from trainer_sdk import connect
+
+    return float(inspect.signature(connect).parameters["flush_interval"].default)
+
+
 def _processes(n: int) -> list[tuple[int, int]]:
     """(first, count) per load-generator process."""
     procs = max(1, math.ceil(n / PER_PROCESS))
@@ -153,12 +162,14 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     res: dict[str, Any] = {"streams": n, "plateau": plateau}
     with SupervisorProcess(config=config, workdir=workdir) as sup:
         duration = warmup + window + 2
+        flush = _sdk_flush_interval()
         gens = []
         for first, count in _processes(n):
             stats = workdir / f"loadgen-{first}.json"
             proc = subprocess.Popen(
                 [PYTHON, "-m", "bench._loadgen", "--address", sup.address, "--streams", str(count), "--first",
-                 str(first), "--rate", str(RATE), "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
+                 str(first), "--rate", str(RATE), "--flush-interval", str(flush),
+                 "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
                  "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             gens.append((proc, stats))
         t_connect = time.perf_counter()
@@ -225,6 +236,8 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         deltas_to_streams=sum(g["deltas"] for g in gen_stats),
         loadgen_errors=[e for g in gen_stats for e in g["errors"]][:10],
         loadgen_processes=len(gens),
+        messages_s=_rate_in_window(gen_stats, "messages", wall0, wall1),
+        flush_interval_s=_sdk_flush_interval(),
         backlog_points_end=sum(g["sent"] - g["acked"] for g in gen_stats),
     )
     return res
@@ -327,7 +340,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    met=(r["stored_values_s"] >= TARGET_VALUES_S) if big else None,
                    note=f"offered {r['offered_values_s']:,.0f}, sent {r['sent_values_s']:,.0f}, supervisor received "
                         f"{r['received_values_s']:,.0f}; {r['stored_values_s'] / r['offered_values_s']:.0%} of offered;"
-                        f" unacked at the end {r['backlog_points_end']:,} points; {r['loadgen_processes']} load "
+                        f" unacked at the end {r['backlog_points_end']:,} points; {r['messages_s']:,.0f} messages/s "
+                        f"(SDK flush_interval {r['flush_interval_s']:g} s); {r['loadgen_processes']} load "
                         f"processes; all {n} streams connected in {r['connect_all_s']:.1f} s")
         result.row(f"{label}: control latency under load p50 / p99 (API set -> visible)",
                    f"{api.get('p50', float('nan')):.1f} / {api.get('p99', float('nan')):.1f}", "ms",
