@@ -401,6 +401,13 @@ class PolicyHost:
             self.core.metrics.record_decision(outcome.policy_id, _DECISION_KIND.get(kind, kind))
             if kind == "error":
                 self.core.metrics.record_error("policy_error")
+                log.warning(
+                    "policy %s failed on run %s at step %d: %s",
+                    outcome.policy_id,
+                    target.name,
+                    outcome.step,
+                    outcome.reason,
+                )
 
     async def _record(
         self, run: RunState, outcome: Outcome, *, kind_override: int | None = None, reason: str | None = None
