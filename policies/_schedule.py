@@ -101,7 +101,8 @@ class SchedulePolicy(Policy):
         self.last_sent_step: int | None = None
 
     def value_at(self, step: int) -> float:
-        """The schedule's value at ``step`` (before clipping into the param's spec)."""
+        """The schedule's value at ``step`` (before clipping into the param's spec); steps before 0 count as 0."""
+        step = max(step, 0)
         w = self.warmup_steps
         if step < w:
             return self.min_value + (self.base - self.min_value) * step / w

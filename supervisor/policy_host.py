@@ -30,6 +30,7 @@ from policies import (
     MetricPoint,
     Outcome,
     ParamSpec,
+    PolicyConfigError,
     PolicyEngine,
     PolicyRunner,
     arbitrate,
@@ -86,7 +87,7 @@ class LiveRunView:
 
     def __init__(self, run: RunState) -> None:
         self.run = run.name
-        self.step = run.last_step
+        self.step = max(run.last_step, 0)  # as replay's InMemoryRun: 0 before any point
         self.params: Mapping[str, Any] = MappingProxyType({})
         self.specs: Mapping[str, ParamSpec] = MappingProxyType({})
         self.pinned: frozenset[str] = frozenset()
@@ -137,6 +138,7 @@ class PolicyHost:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._runner_locks: dict[int, asyncio.Lock] = {}
         self._views: dict[str, LiveRunView] = {}
+        self._source: tuple[Path, dict[str, Any]] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         # The engine's bookkeeping (attach, detach) is not thread-safe: one at a time.
         self._engine_lock = asyncio.Lock()
@@ -146,10 +148,37 @@ class PolicyHost:
         """Load and check a policies file; a PolicyConfigError names the key and the reason."""
         db_path = Path(core.db.store.path)
         study_db = db_path.with_name(db_path.stem + "-optuna.db")
-        bindings = load_config(path, defaults={"optuna": {"storage": f"sqlite:///{study_db}"}})
-        host = cls(PolicyEngine(bindings), core)
+        defaults = {"optuna": {"storage": f"sqlite:///{study_db}"}}
+        host = cls(PolicyEngine(load_config(path, defaults=defaults)), core)
+        host._source = (path, defaults)
         core.policies = host
         return host
+
+    async def reload(self) -> bool:
+        """Re-read the policies file (``kill -HUP``): changed options apply from the next point.
+
+        Each policy keeps its state (a schedule continues from the current step
+        with its new options); policies added to the file attach to the runs
+        they match; removed ones stop. An invalid file changes nothing: the
+        error is logged and the running policies go on.
+        """
+        if self._source is None:
+            return False
+        path, defaults = self._source
+        try:
+            engine = PolicyEngine(load_config(path, defaults=defaults))
+        except PolicyConfigError as exc:
+            log.error("policies not reloaded, the running ones go on: %s", exc)
+            self.core.metrics.record_error("config_reload")
+            return False
+        async with self._engine_lock:
+            engine.load_state_dict(self.engine.state_dict())
+            self.engine = engine
+        for run in self.core.runs.values():
+            if run.connected:
+                self._enqueue(run, ("attach", None))
+        log.info("reloaded policies from %s: %s", path, ", ".join(b.id for b in engine.bindings) or "none")
+        return True
 
     async def start(self) -> None:
         saved = await self.core.db.read(Store.load_policy_state)

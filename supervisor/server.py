@@ -138,6 +138,9 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
     for signum in (signal.SIGTERM, signal.SIGINT):  # before anyone can know our address
         loop.add_signal_handler(signum, stop.set)
     server = SupervisorServer(config)
+    if server.policy_host is not None:
+        host = server.policy_host
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(host.reload()))
     await server.start()
     print(f"listening on {config.host}:{server.port}", flush=True)
     if server.metrics_address is not None:

@@ -162,3 +162,43 @@ def test_invalid_config_stops_the_server_with_a_named_key(tmp_path):
     )
     assert result.returncode == 2
     assert "factor" in result.stderr and "1.5" in result.stderr, result.stderr
+
+
+SCHEDULE = """
+[[policy]]
+id = "sched"
+type = "schedule"
+kind = "step"
+base = {base}
+step_size = 100000
+"""
+
+
+def test_sighup_reloads_policies_and_a_schedule_changes_mid_run(tmp_path, supervisor_factory):
+    import signal
+
+    config = write(tmp_path, SCHEDULE.format(base=0.1))
+    supervisor = supervisor_factory(tmp_path / "h.db", args=("--config", str(config)))
+    hp = connect(
+        run="sched-1", params={"lr": Float(0.05, min=1e-6, max=1.0)}, address=supervisor.address, telemetry=False
+    )
+    assert hp.wait_connected(10)
+    report(hp, range(3))
+    wait_until(lambda: hp.lr == 0.1, message="the schedule's first value")
+
+    config.write_text("[[policy]]\ntype = 'schedule'\nkind = 'nonsense'\n")  # invalid: nothing changes
+    supervisor.proc.send_signal(signal.SIGHUP)
+    report(hp, range(3, 6))
+    assert supervisor.proc.poll() is None and hp.lr == 0.1
+
+    config.write_text(SCHEDULE.format(base=0.02))
+    supervisor.proc.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    report(hp, range(6, 9))
+    wait_until(lambda: hp.lr == 0.02, message="the edited schedule")
+    entries = policy_entries(supervisor, "sched-1", "policy:sched")
+    assert [e["kind"] for e in entries] == ["set", "set"], entries
+    sets = [e["changes"]["lr"]["new"] for e in entries]
+    assert sets == [0.1, 0.02]
+    assert "policies not reloaded" in supervisor.log.read_text()
+    hp.close()

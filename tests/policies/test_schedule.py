@@ -121,3 +121,12 @@ def test_options_are_validated(options, message):
     with pytest.raises(PolicyConfigError) as info:
         SchedulePolicy(**options)
     assert message in str(info.value)
+
+
+def test_steps_before_zero_count_as_zero():
+    from policies import InMemoryRun, SchedulePolicy
+
+    policy = SchedulePolicy(kind="step", base=0.1, step_size=10)
+    assert policy.value_at(-1) == policy.value_at(0) == 0.1
+    decisions = policy.on_run_start(InMemoryRun("r", params={"lr": 0.05}, step=-1))
+    assert [d.changes["lr"] for d in decisions] == [0.1]
