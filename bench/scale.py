@@ -119,32 +119,41 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
         i = 0
         while not stop.is_set():
             i += 1
-            t0 = time.perf_counter_ns()
-            health.Check(health_pb2.HealthCheckRequest(), timeout=30)
-            out["health_ms"].append((time.perf_counter_ns() - t0) / 1e6)
-            v = round(0.01 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
-            t0 = time.perf_counter_ns()
-            client.set("probe-api", {"lr": v})
-            seen = poller.wait_for(0, v, timeout=30)
-            if seen is None:
-                out["lost"].append(1)
-            else:
-                out["api_ms"].append((seen - t0) / 1e6)
-            v2 = round(0.02 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
-            t0 = time.perf_counter_ns()
-            kick.report(i, kick=v2)
-            seen = poller.wait_for(1, v2, timeout=30)
-            if seen is None:
-                out["lost"].append(2)
-            else:
-                out["policy_ms"].append((seen - t0) / 1e6)
+            try:
+                _probe_once(i, client, health, poller, kick, out)
+            except grpc.RpcError as exc:  # a call past its deadline: the control path is that slow
+                out["failed"].append(f"{exc.code().name}: {exc.details()}"[:200])
             stop.wait(rng.uniform(0.05, 0.15))
+    except Exception as exc:  # report, do not lose, why probing stopped
+        out["failed"].append(f"prober stopped: {type(exc).__name__}: {exc}"[:200])
     finally:
         poller.stop.set()
         client.close()
         channel.close()
         api.close(timeout=1)
         kick.close(timeout=1)
+
+
+def _probe_once(i: int, client: Any, health: Any, poller: Poller, kick: Any, out: dict[str, list[Any]]) -> None:
+    t0 = time.perf_counter_ns()
+    health.Check(health_pb2.HealthCheckRequest(), timeout=30)
+    out["health_ms"].append((time.perf_counter_ns() - t0) / 1e6)
+    v = round(0.01 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+    t0 = time.perf_counter_ns()
+    client.set("probe-api", {"lr": v})
+    seen = poller.wait_for(0, v, timeout=30)
+    if seen is None:
+        out["lost"].append(1)
+    else:
+        out["api_ms"].append((seen - t0) / 1e6)
+    v2 = round(0.02 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+    t0 = time.perf_counter_ns()
+    kick.report(i, kick=v2)
+    seen = poller.wait_for(1, v2, timeout=30)
+    if seen is None:
+        out["lost"].append(2)
+    else:
+        out["policy_ms"].append((seen - t0) / 1e6)
 
 
 def _points_received(address: str) -> int:
@@ -183,7 +192,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        probes: dict[str, list[float]] = {"api_ms": [], "policy_ms": [], "health_ms": [], "lost": []}
+        probes: dict[str, list[Any]] = {"api_ms": [], "policy_ms": [], "health_ms": [], "lost": [], "failed": []}
         time.sleep(warmup)
         stop = threading.Event()
         prober = threading.Thread(target=_probe, args=(sup, stop, probes), daemon=True)
@@ -231,7 +240,8 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         supervisor_cpu_cores=(cpu1 - cpu0) / (t1 - t0),
         loadgen_cpu_cores=(gen_cpu1 - gen_cpu0) / (t1 - t0),
         rss_samples_mib=rss_samples,
-        probes={k: summary(v) if k != "lost" else len(v) for k, v in probes.items()},
+        probes={k: summary(v) if k.endswith("_ms") else len(v) for k, v in probes.items()},
+        probe_failures=probes["failed"][:5],
         probe_samples=probes,
         deltas_to_streams=sum(g["deltas"] for g in gen_stats),
         loadgen_errors=[e for g in gen_stats for e in g["errors"]][:10],
@@ -350,7 +360,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    note=f"{api.get('n', 0)} probes; Health.Check p50 {hc.get('p50', float('nan')):.1f} / p99 "
                         f"{hc.get('p99', float('nan')):.1f} ms; report -> policy -> visible p50 "
                         f"{pol.get('p50', float('nan')):.1f} / p99 {pol.get('p99', float('nan')):.1f} ms; "
-                        f"lost {p['lost']}")
+                        f"lost {p['lost']}; failed {p.get('failed', 0)} {'; '.join(r.get('probe_failures', []))[:300]}")
         result.row(f"{label}: supervisor CPU / peak RSS", f"{r['supervisor_cpu_cores']:.2f} cores / "
                    f"{r['rss_peak_mib']:.0f} MiB", "",
                    target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
