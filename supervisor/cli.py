@@ -1,16 +1,18 @@
-"""The ``supervisor`` command: serve, and talk to a running supervisor."""
+"""The ``supervisor`` command: serve, and talk to a running supervisor.
+
+Client commands are started by people and scripts for one call each, so this
+module imports only what they need (asyncio, pathlib and the server load
+lazily): process start-up is most of a command's latency.
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime as dt
 import json
 import logging
-import math
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -80,8 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the supervisor", description="Run the supervisor.")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    p.add_argument("--db", type=Path, default=Path("supervisor.db"), help="SQLite file (created if missing)")
-    p.add_argument("--config", type=Path, default=None, help="policies file (TOML)")
+    p.add_argument("--db", default="supervisor.db", help="SQLite file (created if missing)")
+    p.add_argument("--config", default=None, help="policies file (TOML)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
     p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
     p.add_argument("--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)")
@@ -136,8 +138,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run policies over recorded metrics, offline and deterministic",
         description="Run policies over recorded metrics (JSON lines) and print their decisions.",
     )
-    p.add_argument("metrics_file", type=Path, metavar="METRICS.jsonl")
-    p.add_argument("--config", type=Path, required=True, help="policies file (TOML)")
+    p.add_argument("metrics_file", metavar="METRICS.jsonl")
+    p.add_argument("--config", required=True, help="policies file (TOML)")
     p.add_argument(
         "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter's starting value (repeatable)"
     )
@@ -150,18 +152,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import asyncio
     import os
+    from pathlib import Path
 
     from supervisor.server import ServerConfig, serve
 
     config = ServerConfig(
         host=args.host,
         port=args.port,
-        db=args.db,
+        db=Path(args.db),
         token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
-        policy_config=args.config,
+        policy_config=None if args.config is None else Path(args.config),
     )
     try:
         asyncio.run(serve(config))
@@ -356,7 +360,7 @@ def _export(args: argparse.Namespace) -> int:
                 flush()
                 current = key
                 line = {"run": args.run, "step": p.step, "time": p.time, "rank": p.rank, "metrics": {}}
-            line["metrics"][p.name] = p.value if math.isfinite(p.value) else p.value
+            line["metrics"][p.name] = p.value
     flush()
     return 0
 
@@ -368,9 +372,11 @@ def _top(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from supervisor.replay import replay_command
 
-    return replay_command(args.config, args.metrics_file, _parse_assignments(args.param), as_json=args.json)
+    return replay_command(Path(args.config), Path(args.metrics_file), _parse_assignments(args.param), as_json=args.json)
 
 
 if __name__ == "__main__":
