@@ -152,8 +152,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
             sup_plateau.append(r)
             for entry in client.history(run_name):
                 if entry.source == "policy:plateau" and entry.acks:
-                    applied = entry.acks[0].step
-                    lags.append(applied - (applied // steps_per_epoch) * steps_per_epoch)
+                    # entry.step: the step of the point the decision answers (the epoch's val report)
+                    lags.append(entry.acks[0].step - entry.step)
             # Optuna population at the grid's compute: trials until 5 full runs' steps are spent
             used, trials = 0, []
             while used + full_steps <= len(GRID) * full_steps:
@@ -210,8 +210,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
     result.row("plateau: epochs whose lr equals torch's (supervisor vs in process)",
                f"{np.mean(agree):.0%}", "", note=f"first differing epoch per seed {first_diff}; the policy's change "
                f"reached the trainer {np.median(lags) if lags else float('nan'):.0f} steps (median; max "
-               f"{max(lags) if lags else float('nan')}) after the val report that caused it, so that epoch trained "
-               f"partly at the old lr; its losses, hence later decisions, can then differ")
+               f"{max(lags) if lags else float('nan')}; an epoch is {steps_per_epoch} steps) after the val report "
+               f"that caused it, so the next epoch trained partly at the old lr; its losses, hence later "
+               f"decisions, can then differ")
     trials_per_seed = [len(ts) for ts in optuna_trials]
     pruned = [sum(t["stopped"] for t in ts) for ts in optuna_trials]
     result.row("optuna population: trials / pruned per seed", f"{trials_per_seed} / {pruned}", "",

@@ -113,8 +113,9 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
     poller = Poller([api, kick], "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
     rng = random.Random(1)
     try:
-        api.wait_connected(60)
-        kick.wait_connected(60)
+        t0 = time.monotonic()
+        if not (api.wait_connected(60) and kick.wait_connected(60)):
+            out["failed"].append(f"probe sessions not connected after {time.monotonic() - t0:.0f} s")
         poller.start()
         i = 0
         while not stop.is_set():
