@@ -211,8 +211,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
                f"{np.mean(agree):.0%}", "", note=f"first differing epoch per seed {first_diff}; the policy's change "
                f"reached the trainer {np.median(lags) if lags else float('nan'):.0f} steps (median; max "
                f"{max(lags) if lags else float('nan')}; an epoch is {steps_per_epoch} steps) after the val report "
-               f"that caused it, so the next epoch trained partly at the old lr; its losses, hence later "
-               f"decisions, can then differ")
+               f"that caused it; the steps in between trained at the old lr, so their losses, hence later "
+               f"decisions, differ")
     trials_per_seed = [len(ts) for ts in optuna_trials]
     pruned = [sum(t["stopped"] for t in ts) for ts in optuna_trials]
     result.row("optuna population: trials / pruned per seed", f"{trials_per_seed} / {pruned}", "",

@@ -1,9 +1,10 @@
 """Run the benchmarks: ``python -m bench.run --quick`` (about a minute) or ``--full``.
 
 Writes bench/results/results.json (every sample), results.md (the table) and
-PNG plots. ``--only NAME ...`` runs some benchmarks and keeps the other
-sections of an existing results.json (each section records when and in which
-mode it ran).
+PNG plots; ``--quick`` writes to bench/results/quick/ instead. ``--only NAME
+...`` runs some benchmarks and keeps the other sections of an existing
+results.json (each section records when, at which commit and in which mode it
+ran).
 """
 
 from __future__ import annotations
@@ -38,9 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--quick", action="store_true", help="small samples, about a minute")
     mode.add_argument("--full", action="store_true", help="the full suite (default)")
     p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), default=None)
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results")
+    p.add_argument("--out", type=Path, default=None,
+                   help="default bench/results (--full) or bench/results/quick (--quick, so a smoke run never "
+                        "overwrites the full results)")
     args = p.parse_args(argv)
     quick = args.quick
+    if args.out is None:
+        args.out = ROOT / "bench" / "results" / ("quick" if quick else "")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
 
