@@ -163,6 +163,7 @@ def train(args: argparse.Namespace, hp: Any = None) -> dict[str, Any]:
             val_loss, val_acc = evaluate(model, x_val, y_val)
             train_loss = total / max(count, 1)
             hp.report(step, val_loss=val_loss, val_acc=val_acc, train_loss=train_loss)  # sdk
+            hp.flush(0)  # sdk: policies watch epoch metrics; send them now, without waiting
             lr = opt.param_groups[0]["lr"]
             summary["epochs"].append({"epoch": epoch, "step": step, "lr": lr, "train_loss": train_loss,
                                       "val_loss": val_loss, "val_acc": val_acc,

@@ -46,7 +46,7 @@ class IngestWriter:
 
     One transaction per round keeps SQLite's cost per point low under load and
     adds no delay when idle. Each stream is acknowledged only after the commit
-    that stored its points. When more than ``max_pending`` points wait, readers
+    that stored its points. When more than ``max_pending`` values wait, readers
     pause (``submit`` awaits), so gRPC flow control pushes back on trainers,
     whose bounded buffers then drop their oldest points instead of the
     supervisor's memory growing.
@@ -57,12 +57,12 @@ class IngestWriter:
         db: Database,
         on_stored: Callable[[list[IngestItem]], Awaitable[None] | None],
         *,
-        max_pending: int = 200_000,
+        max_pending: int = 50_000,
     ) -> None:
         self._db = db
         self._on_stored = on_stored
         self._pending: list[IngestItem] = []
-        self._pending_points = 0
+        self._pending_values = 0
         self._max_pending = max_pending
         self._wakeup = asyncio.Event()
         self._room = asyncio.Event()
@@ -76,9 +76,9 @@ class IngestWriter:
 
     async def submit(self, item: IngestItem) -> None:
         self._pending.append(item)
-        self._pending_points += len(item.columns)
+        self._pending_values += len(item.columns.values)
         self._wakeup.set()
-        if self._pending_points > self._max_pending:
+        if self._pending_values > self._max_pending:
             self._room.clear()
             await self._room.wait()
 
@@ -92,7 +92,7 @@ class IngestWriter:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
-            items, self._pending, self._pending_points = self._pending, [], 0
+            items, self._pending, self._pending_values = self._pending, [], 0
             states, self._states = self._states, {}
             self._room.set()
             if not items and not states:

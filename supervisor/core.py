@@ -328,7 +328,7 @@ class Supervisor:
             for item in items:
                 run = self.runs.get(item.run)
                 if run is not None:
-                    self.policies.observe(run, item.columns)
+                    self.policies.observe(run, item.columns, item.stream.rank)
 
     # -- changes ---------------------------------------------------------------------------
 

@@ -53,7 +53,7 @@ VANISHED_AFTER_SECONDS = 60.0
 HISTORY_PER_METRIC = 1_000
 """Recent (step, value) pairs a run's view keeps per metric for its policies."""
 
-MAX_QUEUED_POINTS = 10_000
+MAX_QUEUED_POINTS = 1_000
 """Points waiting for one run's lane; past it the oldest are skipped (counted as errors)."""
 
 _ATTACHED = "__attached__"
@@ -204,9 +204,9 @@ class PolicyHost:
     def run_connected(self, run: RunState) -> None:
         self._enqueue(run, ("attach", None))
 
-    def observe(self, run: RunState, columns: MetricColumns) -> None:
-        for point in columns.points():
-            self._enqueue(run, ("point", point))
+    def observe(self, run: RunState, columns: MetricColumns, rank: int) -> None:
+        for _, step, when, values in columns.points():
+            self._enqueue(run, ("point", (rank, step, when, values)))
 
     def run_finished(self, run: RunState, outcome: int) -> None:
         name = "failed" if outcome == pb.RUN_OUTCOME_FAILED else "completed"
@@ -263,9 +263,9 @@ class PolicyHost:
                 return
             await self._apply(run, await self._attach(view))
         if kind == "point":
-            _, step, when, values = payload
+            rank, step, when, values = payload
             view.record(step, values)
-            point = MetricPoint(run=run.name, step=step, time=when, metrics=values)
+            point = MetricPoint(run=run.name, step=step, time=when, metrics=values, rank=rank)
             outcomes: list[Outcome] = []
             for runner in self.engine.runners_for(run.name):
                 outcomes.extend(await self._call_runner(runner, run, point, view))
@@ -325,9 +325,9 @@ class PolicyHost:
         runners: list[PolicyRunner], view: LiveRunView, points: list[Any], progress: _Progress
     ) -> tuple[int, list[Outcome]]:
         """Runs in a worker thread."""
-        for index, (_, step, when, values) in enumerate(points):
+        for index, (rank, step, when, values) in enumerate(points):
             view.record(step, values)
-            point = MetricPoint(run=view.run, step=step, time=when, metrics=values)
+            point = MetricPoint(run=view.run, step=step, time=when, metrics=values, rank=rank)
             progress.outcomes = []
             for runner in runners:
                 if runner.disabled or runner.busy:

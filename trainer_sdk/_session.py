@@ -143,7 +143,12 @@ class Session:
         return self._transport.connected.wait(timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until every point reported so far is stored by the supervisor, or timeout."""
+        """Send what is queued now; block until it is stored by the supervisor, or timeout.
+
+        ``flush(0)`` sends without waiting: call it after points a policy should
+        see at once (epoch-level validation metrics, say), since in a steady
+        stream points otherwise wait up to ``flush_interval`` to go in one batch.
+        """
         if self._transport is None:
             return False
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -83,3 +83,36 @@ def test_forked_dataloader_workers_neither_hang_nor_break_the_session(supervisor
     assert result.returncode == 0, result.stderr[-3000:]
     assert "steps 24" in result.stdout
     assert supervisor.json("runs")[0]["points_received"] == 24
+
+
+def test_policies_count_rank_zero_only_by_default(tmp_path, supervisor_factory):
+    config = tmp_path / "policies.toml"
+    config.write_text('[[policy]]\nid = "plateau"\ntype = "plateau"\nmetric = "val_loss"\nfactor = 0.5\npatience = 2\n')
+    supervisor = supervisor_factory(tmp_path / "ranks.db", args=("--config", str(config)))
+    ranks = [
+        connect(
+            run="ddp-policy",
+            params={"lr": Float(0.1, min=0.0, max=1.0)},
+            address=supervisor.address,
+            rank=r,
+            world_size=2,
+            telemetry=False,
+        )
+        for r in range(2)
+    ]
+    assert all(hp.wait_connected(10) for hp in ranks)
+    for step in range(4):
+        for hp in ranks:  # both ranks report the same flat epoch
+            hp.report(step, val_loss=1.0)
+            assert hp.flush(10)
+        time.sleep(0.1)
+    wait_until(
+        lambda: any(e["source"] == "policy:plateau" for e in supervisor.json("history", "ddp-policy")),
+        message="a decay",
+    )
+    time.sleep(0.5)
+    decays = [e for e in supervisor.json("history", "ddp-policy") if e["source"] == "policy:plateau"]
+    # torch's ReduceLROnPlateau over rank 0's epochs: best at 0, bad at 1, 2, 3 -> one reduction, at step 3.
+    assert [e["step"] for e in decays] == [3]
+    for hp in ranks:
+        hp.close()
