@@ -69,7 +69,6 @@ class IngestWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._states: dict[tuple[str, str], Any] = {}
-        self.commits = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-writer")
@@ -102,7 +101,6 @@ class IngestWriter:
                 [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
                 [(policy, scope, state) for (policy, scope), state in states.items()],
             )
-            self.commits += 1
             if items:
                 result: Any = self._on_stored(items)
                 if asyncio.iscoroutine(result):

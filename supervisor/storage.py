@@ -254,10 +254,6 @@ class Store:
             if durable:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
 
-    def set_pinned(self, run_id: int, pinned: Iterable[str]) -> None:
-        with self._txn():
-            self._conn.execute("UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id))
-
     def history(self, run_id: int, *, after_version: int | None = None) -> list[ChangeRow]:
         if after_version is None:
             rows = self._conn.execute(
@@ -366,10 +362,6 @@ class Store:
             )
             self._put_policy_states(policy_states)
 
-    def touch(self, run_id: int, when: float) -> None:
-        with self._txn():
-            self._conn.execute("UPDATE runs SET last_seen = ? WHERE id = ?", (when, run_id))
-
     def metrics(
         self, run_id: int, *, name: str = "", after: int = 0, limit: int = 10_000
     ) -> tuple[list[tuple[int, int, int, float, str, float]], int]:
@@ -386,10 +378,6 @@ class Store:
         return [(r[1], r[2], r[3], r[4], r[5], math.nan if r[6] is None else r[6]) for r in rows], cursor
 
     # -- policy state ------------------------------------------------------------------------
-
-    def save_policy_state(self, items: Iterable[tuple[str, str, Any]]) -> None:
-        with self._txn():
-            self._put_policy_states(items)
 
     def _put_policy_states(self, items: Iterable[tuple[str, str, Any]]) -> None:
         self._conn.executemany(

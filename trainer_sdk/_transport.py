@@ -90,7 +90,6 @@ class Transport:
         self._seq = itertools.count(1)
         self._unacked: deque[tuple[int, int, float, dict[str, float]]] = deque()
         self._sent_seq = 0
-        self._stored_seq = 0
         self._dropped = 0
         self._warned_metrics: set[str] = set()
         self._goodbye: pb.Goodbye | None = None
@@ -334,7 +333,6 @@ class Transport:
             unacked = self._unacked
             while unacked and unacked[0][0] <= welcome.last_seq:
                 unacked.popleft()
-            self._stored_seq = max(self._stored_seq, welcome.last_seq)
             self._sent_seq = welcome.last_seq  # resend everything after it
             self._outbox = outbox
         self.connected.set()
@@ -358,7 +356,6 @@ class Transport:
             unacked = self._unacked
             while unacked and unacked[0][0] <= seq:
                 unacked.popleft()
-            self._stored_seq = max(self._stored_seq, seq)
 
     def _disconnect(self, outbox: queue.SimpleQueue[Any]) -> None:
         with self._send_lock:
