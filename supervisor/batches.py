@@ -1,15 +1,17 @@
 """Metric batches as the supervisor handles them: columns, whichever form the trainer sent.
 
-Columns keep ingestion cheap at scale: de-duplication is a slice, storage rows
-are built in the writer thread, and per-point dicts are only made for policies.
+Columns keep ingestion cheap at scale: names stay a small table plus an index
+per value (as on the wire), de-duplication is a slice, a batch is stored as one
+row of packed arrays, and per-point dicts are only built for policies.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
@@ -19,8 +21,9 @@ class MetricColumns:
     seqs: list[int]
     steps: list[int]
     times: list[float]
-    counts: list[int]
-    names: list[str]  # one per value
+    counts: list[int]  # values per point
+    names: list[str]  # the batch's distinct metric names
+    name_indexes: list[int]  # per value, into ``names``
     values: list[float]
 
     def __len__(self) -> int:
@@ -41,73 +44,111 @@ class MetricColumns:
             self.steps[keep:],
             self.times[keep:],
             self.counts[keep:],
-            self.names[offset:],
+            self.names,
+            self.name_indexes[offset:],
             self.values[offset:],
         )
 
+    def latest(self) -> dict[str, float]:
+        """Each metric's last value in the batch."""
+        return dict(zip(map(self.names.__getitem__, self.name_indexes), self.values))
+
     def points(self) -> Iterator[tuple[int, int, float, dict[str, float]]]:
         """(seq, step, time, {name: value}) per point, for policies."""
-        names, values = iter(self.names), iter(self.values)
+        names = map(self.names.__getitem__, self.name_indexes)
+        values = iter(self.values)
         for seq, step, when, count in zip(self.seqs, self.steps, self.times, self.counts, strict=True):
-            yield (
-                seq,
-                step,
-                when,
-                dict(zip(itertools.islice(names, count), itertools.islice(values, count), strict=True)),
-            )
+            yield seq, step, when, dict(zip(itertools.islice(names, count), itertools.islice(values, count)))
 
-    def rows(self, run_id: int, rank: int) -> Iterator[tuple[Any, ...]]:
-        """Storage rows (run_id, rank, seq, step, time, name, value); NaN becomes NULL (SQLite's only NaN)."""
-        names, values = iter(self.names), iter(self.values)
-        for seq, step, when, count in zip(self.seqs, self.steps, self.times, self.counts, strict=True):
-            for _ in range(count):
-                value = next(values)
-                yield run_id, rank, seq, step, when, next(names), None if value != value else value
+    # -- storage: one row of packed arrays per batch ------------------------------------------
+
+    def encode(self) -> tuple[bytes | None, bytes, bytes, bytes, str, bytes, bytes]:
+        """(seqs or None when consecutive, steps, times, counts, names JSON, name indexes, values)."""
+        consecutive = self.seqs[-1] - self.seqs[0] + 1 == len(self.seqs) if self.seqs else True
+        return (
+            None if consecutive else array("q", self.seqs).tobytes(),
+            array("q", self.steps).tobytes(),
+            array("d", self.times).tobytes(),
+            array("I", self.counts).tobytes(),
+            json.dumps(self.names),
+            array("I", self.name_indexes).tobytes(),
+            array("d", self.values).tobytes(),
+        )
+
+    @classmethod
+    def decode(
+        cls,
+        first_seq: int,
+        seqs: bytes | None,
+        steps: bytes,
+        times: bytes,
+        counts: bytes,
+        names: str,
+        name_indexes: bytes,
+        values: bytes,
+    ) -> MetricColumns:
+        step_list = _unpack("q", steps)
+        return cls(
+            _unpack("q", seqs) if seqs is not None else list(range(first_seq, first_seq + len(step_list))),
+            step_list,
+            _unpack("d", times),
+            _unpack("I", counts),
+            json.loads(names),
+            _unpack("I", name_indexes),
+            _unpack("d", values),
+        )
+
+
+def _unpack(typecode: str, blob: bytes) -> list:  # type: ignore[type-arg]
+    packed = array(typecode)
+    packed.frombytes(blob)
+    return packed.tolist()
 
 
 def from_wire(batch: pb.MetricBatch) -> MetricColumns:
     """Normalise either wire form; raises ValueError saying what is inconsistent."""
     if batch.points:
-        if batch.steps or batch.values:
-            raise ValueError("a metric batch must use either points or columns, not both")
-        seqs, steps, times, counts, names, values = [], [], [], [], [], []
-        for point in batch.points:
-            seqs.append(point.seq)
-            steps.append(point.step)
-            times.append(point.time)
-            counts.append(len(point.values))
-            for name, value in point.values.items():
-                names.append(name)
-                values.append(value)
-        columns = MetricColumns(seqs, steps, times, counts, names, values)
-    else:
-        n = len(batch.steps)
-        if len(batch.times) != n or len(batch.value_counts) != n:
-            raise ValueError(
-                f"metric columns disagree: {n} steps, {len(batch.times)} times, {len(batch.value_counts)} value counts"
-            )
-        counts = list(batch.value_counts)
-        if sum(counts) != len(batch.values) or len(batch.name_indexes) != len(batch.values):
-            raise ValueError(
-                f"metric columns disagree: value counts add up to {sum(counts)}, but there are "
-                f"{len(batch.values)} values and {len(batch.name_indexes)} name indexes"
-            )
-        table = list(batch.names)
-        try:
-            names = [table[i] for i in batch.name_indexes]
-        except IndexError:
-            raise ValueError(f"a name index is outside the batch's {len(table)} names") from None
-        if n and batch.first_seq == 0:
-            raise ValueError("metric seq numbers start at 1: first_seq is 0")
-        columns = MetricColumns(
-            list(range(batch.first_seq, batch.first_seq + n)),
-            list(batch.steps),
-            list(batch.times),
-            counts,
-            names,
-            list(batch.values),
+        return _from_points(batch)
+    n = len(batch.steps)
+    if len(batch.times) != n or len(batch.value_counts) != n:
+        raise ValueError(
+            f"metric columns disagree: {n} steps, {len(batch.times)} times, {len(batch.value_counts)} value counts"
         )
-    for previous, current in itertools.pairwise(columns.seqs):
+    counts = list(batch.value_counts)
+    values = list(batch.values)
+    indexes = list(batch.name_indexes)
+    if sum(counts) != len(values) or len(indexes) != len(values):
+        raise ValueError(
+            f"metric columns disagree: value counts add up to {sum(counts)}, but there are "
+            f"{len(values)} values and {len(indexes)} name indexes"
+        )
+    names = list(batch.names)
+    if indexes and max(indexes) >= len(names):
+        raise ValueError(f"a name index is outside the batch's {len(names)} names")
+    if len(set(names)) != len(names):
+        raise ValueError("a metric batch's names must be distinct")
+    if n and batch.first_seq == 0:
+        raise ValueError("metric seq numbers start at 1: first_seq is 0")
+    first = batch.first_seq
+    return MetricColumns(
+        list(range(first, first + n)), list(batch.steps), list(batch.times), counts, names, indexes, values
+    )
+
+
+def _from_points(batch: pb.MetricBatch) -> MetricColumns:
+    if batch.steps or batch.values:
+        raise ValueError("a metric batch must use either points or columns, not both")
+    seqs, steps, times, counts, indexes, values = [], [], [], [], [], []
+    table: dict[str, int] = {}
+    for point in batch.points:
+        seqs.append(point.seq)
+        steps.append(point.step)
+        times.append(point.time)
+        counts.append(len(point.values))
+        for name, value in point.values.items():
+            indexes.append(table.setdefault(name, len(table)))
+            values.append(value)
+    for previous, current in itertools.pairwise(seqs):
         if current <= previous:
             raise ValueError(f"metric seq must increase within a batch: {previous} then {current}")
-    return columns
+    return MetricColumns(seqs, steps, times, counts, list(table), indexes, values)

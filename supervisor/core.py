@@ -293,12 +293,10 @@ class Supervisor:
             return
         stream.last_seq = columns.last_seq
         run.dropped_by_session[stream.session_key] = batch.dropped_total
-        latest = run.latest
+        run.latest.update(columns.latest())
         non_finite = 0
-        for name, value in zip(columns.names, columns.values, strict=True):
-            latest[name] = value
-            if not math.isfinite(value):
-                non_finite += 1
+        if not math.isfinite(sum(columns.values)):  # one C loop; count only when something is off
+            non_finite = sum(1 for value in columns.values if not math.isfinite(value))
         last = max(columns.steps)
         if last > run.last_step:
             run.last_step = last
@@ -308,7 +306,7 @@ class Supervisor:
             self.metrics.record_error("non_finite_metric")
         self.metrics.add_points(run.name, len(columns))
         self.metrics.set_dropped(run.name, run.dropped)
-        self.metrics.set_latest_metrics(run.name, latest)
+        self.metrics.set_latest_metrics(run.name, run.latest)
         await self.writer.submit(IngestItem(run.id, run.name, stream, batch.dropped_total, columns))
 
     async def settle(self, stream: TrainerStream, timeout: float = 5.0) -> None:
@@ -318,9 +316,10 @@ class Supervisor:
             await asyncio.sleep(0.005)
 
     async def _stored(self, items: list[IngestItem]) -> None:
+        stored: dict[TrainerStream, int] = {}
         for item in items:
-            stream = item.stream
-            seq = item.columns.last_seq
+            stored[item.stream] = max(stored.get(item.stream, 0), item.columns.last_seq)
+        for stream, seq in stored.items():  # one acknowledgement per stream per commit
             if seq > stream.stored_seq:
                 stream.stored_seq = seq
                 stream.send(pb.ConnectResponse(metrics_ack=pb.MetricsAck(seq=seq)))

@@ -21,12 +21,18 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from supervisor.batches import MetricColumns
+from supervisor.batches import MetricColumns
 
-SCHEMA_VERSION = 1
+
+SCHEMA_VERSION = 2
+_BATCH_COLUMNS = (
+    "run_id, session, rank, first_seq, last_seq, last_step, last_time, points, dropped,"
+    " seqs, steps, times, counts, names, name_indexes, vals"
+)
+_MAX_SQL_VARIABLES = 32766  # SQLite's default limit since 3.32
+_CURSOR_BATCH = 1 << 24  # a page cursor is batch id * this + value index
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -39,10 +45,7 @@ CREATE TABLE IF NOT EXISTS runs (
     specs TEXT NOT NULL,
     vals TEXT NOT NULL,
     pinned TEXT NOT NULL DEFAULT '[]',
-    outcome INTEGER NOT NULL DEFAULT 0,
-    last_step INTEGER NOT NULL DEFAULT -1,
-    last_seen REAL NOT NULL DEFAULT 0,
-    points INTEGER NOT NULL DEFAULT 0
+    outcome INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS changes (
     id INTEGER PRIMARY KEY,
@@ -72,20 +75,32 @@ CREATE TABLE IF NOT EXISTS sessions (
     run_id INTEGER NOT NULL REFERENCES runs(id),
     rank INTEGER NOT NULL,
     session_id TEXT NOT NULL,
-    last_seq INTEGER NOT NULL DEFAULT 0,
-    dropped INTEGER NOT NULL DEFAULT 0,
     UNIQUE (run_id, rank, session_id)
 );
-CREATE TABLE IF NOT EXISTS metrics (
+-- One row per metric batch as a trainer sent it, its columns packed (see MetricColumns.encode):
+-- a row per batch, not per value, keeps the writer's cost per value near zero. A row with
+-- no points only records a session's progress (migrated from schema 1).
+CREATE TABLE IF NOT EXISTS metric_batches (
+    id INTEGER PRIMARY KEY,
     run_id INTEGER NOT NULL,
+    session INTEGER NOT NULL,
     rank INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    step INTEGER NOT NULL,
-    time REAL NOT NULL,
-    name TEXT NOT NULL,
-    value REAL
+    first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    last_time REAL NOT NULL,
+    points INTEGER NOT NULL,
+    dropped INTEGER NOT NULL,
+    names TEXT NOT NULL,
+    seqs BLOB,
+    steps BLOB NOT NULL,
+    times BLOB NOT NULL,
+    counts BLOB NOT NULL,
+    name_indexes BLOB NOT NULL,
+    vals BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics(run_id, name);
+CREATE INDEX IF NOT EXISTS metric_batches_by_run ON metric_batches(run_id, id);
+CREATE INDEX IF NOT EXISTS metric_batches_by_session ON metric_batches(session, last_seq);
 CREATE TABLE IF NOT EXISTS policy_state (
     policy TEXT NOT NULL,
     scope TEXT NOT NULL,
@@ -133,14 +148,22 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         conn = self._connect()
-        with conn:
-            conn.executescript(_SCHEMA)
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(f"{self.path} has schema version {row[0]}, this supervisor reads {SCHEMA_VERSION}")
         self._conn = conn
+        with self._txn():
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            found = SCHEMA_VERSION if row is None else int(row[0])
+            if found == 1:
+                _migrate_from_1(conn)
+            elif found != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"{self.path} has schema version {found}, but this supervisor reads {SCHEMA_VERSION}: "
+                    "open it with the supervisor version that wrote it"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -162,29 +185,38 @@ class Store:
     # -- runs --------------------------------------------------------------------------
 
     def load_runs(self) -> list[RunRow]:
-        rows = self._conn.execute(
-            "SELECT r.id, r.name, r.created, r.world_size, r.version, r.specs, r.vals, r.pinned, r.outcome,"
-            " r.last_step, r.last_seen, r.points, COALESCE((SELECT SUM(dropped) FROM sessions s"
-            " WHERE s.run_id = r.id), 0) FROM runs r ORDER BY r.name"
-        ).fetchall()
-        return [
-            RunRow(
-                id=r[0],
-                name=r[1],
-                created=r[2],
-                world_size=r[3],
-                version=r[4],
-                specs=json.loads(r[5]),
-                values=json.loads(r[6]),
-                pinned=json.loads(r[7]),
-                outcome=r[8],
-                last_step=r[9],
-                last_seen=r[10],
-                points=r[11],
-                dropped=r[12],
+        progress = {
+            run_id: (points, last_step, last_time, dropped)
+            for run_id, points, last_step, last_time, dropped in self._conn.execute(
+                "SELECT run_id, SUM(points), MAX(last_step), MAX(last_time), SUM(dropped) FROM"
+                " (SELECT run_id, SUM(points) AS points, MAX(last_step) AS last_step, MAX(last_time) AS last_time,"
+                " MAX(dropped) AS dropped FROM metric_batches GROUP BY session, run_id) GROUP BY run_id"
             )
-            for r in rows
-        ]
+        }
+        rows = self._conn.execute(
+            "SELECT id, name, created, world_size, version, specs, vals, pinned, outcome FROM runs ORDER BY name"
+        ).fetchall()
+        out = []
+        for r in rows:
+            points, last_step, last_time, dropped = progress.get(r[0], (0, -1, 0.0, 0))
+            out.append(
+                RunRow(
+                    id=r[0],
+                    name=r[1],
+                    created=r[2],
+                    world_size=r[3],
+                    version=r[4],
+                    specs=json.loads(r[5]),
+                    values=json.loads(r[6]),
+                    pinned=json.loads(r[7]),
+                    outcome=r[8],
+                    last_step=last_step,
+                    last_seen=last_time,
+                    points=points,
+                    dropped=dropped,
+                )
+            )
+        return out
 
     def create_run(
         self, name: str, *, world_size: int, specs: dict[str, Any], values: dict[str, Any], version: int, now: float
@@ -317,11 +349,14 @@ class Store:
         """Return (session key, last stored seq, whether the session was known)."""
         with self._txn():
             row = self._conn.execute(
-                "SELECT id, last_seq FROM sessions WHERE run_id = ? AND rank = ? AND session_id = ?",
+                "SELECT id FROM sessions WHERE run_id = ? AND rank = ? AND session_id = ?",
                 (run_id, rank, session_id),
             ).fetchone()
             if row is not None:
-                return int(row[0]), int(row[1]), True
+                (last,) = self._conn.execute(
+                    "SELECT MAX(last_seq) FROM metric_batches WHERE session = ?", (row[0],)
+                ).fetchone()
+                return int(row[0]), int(last or 0), True
             cur = self._conn.execute(
                 "INSERT INTO sessions (run_id, rank, session_id) VALUES (?, ?, ?)", (run_id, rank, session_id)
             )
@@ -336,46 +371,65 @@ class Store:
 
         Policy state saved since the last round goes into the same transaction.
         Callers pass only points newer than the session's stored seq, in order;
-        ``last_seq`` moves in the same transaction, so a crash never leaves
-        points stored without the seq that de-duplicates them.
+        the batch row carries its seqs, so a crash never leaves points stored
+        without the seq that de-duplicates them. A few multi-row statements per
+        round, rather than a statement per row, keep this thread off the GIL
+        while SQLite works.
         """
-        rows: list[tuple[Any, ...]] = []
-        sessions: list[tuple[int, int, int]] = []
-        runs: dict[int, list[int]] = {}
-        for run_id, rank, session, dropped, columns in batches:
-            rows.extend(columns.rows(run_id, rank))
-            if len(columns):
-                sessions.append((columns.last_seq, dropped, session))
-                agg = runs.setdefault(run_id, [0, -1])
-                agg[0] += len(columns)
-                agg[1] = max(agg[1], max(columns.steps))
-            else:
-                sessions.append((0, dropped, session))
+        rows = [
+            (
+                run_id, session, rank, columns.seqs[0], columns.last_seq, max(columns.steps), max(columns.times),
+                len(columns), dropped, *columns.encode(),
+            )
+            for run_id, rank, session, dropped, columns in batches
+            if len(columns)
+        ]
         with self._txn():
-            self._conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-            self._conn.executemany(
-                "UPDATE sessions SET last_seq = MAX(last_seq, ?), dropped = MAX(dropped, ?) WHERE id = ?", sessions
-            )
-            self._conn.executemany(
-                "UPDATE runs SET points = points + ?, last_step = MAX(last_step, ?) WHERE id = ?",
-                [(n, step, run_id) for run_id, (n, step) in runs.items()],
-            )
+            width = len(rows[0]) if rows else 1
+            chunk = _MAX_SQL_VARIABLES // width
+            for start in range(0, len(rows), chunk):
+                part = rows[start : start + chunk]
+                self._conn.execute(
+                    f"INSERT INTO metric_batches ({_BATCH_COLUMNS}) VALUES "
+                    + ",".join(["(" + ",".join("?" * width) + ")"] * len(part)),
+                    [value for row in part for value in row],
+                )
             self._put_policy_states(policy_states)
 
     def metrics(
         self, run_id: int, *, name: str = "", after: int = 0, limit: int = 10_000
     ) -> tuple[list[tuple[int, int, int, float, str, float]], int]:
-        """A page of (rank, seq, step, time, name, value) in storage order, and the cursor to go on from."""
-        sql = "SELECT rowid, rank, seq, step, time, name, value FROM metrics WHERE run_id = ? AND rowid > ?"
-        args: list[Any] = [run_id, after]
-        if name:
-            sql += " AND name = ?"
-            args.append(name)
-        sql += " ORDER BY rowid LIMIT ?"
-        args.append(limit)
-        rows = self._conn.execute(sql, args).fetchall()
-        cursor = rows[-1][0] if len(rows) == limit else 0
-        return [(r[1], r[2], r[3], r[4], r[5], math.nan if r[6] is None else r[6]) for r in rows], cursor
+        """A page of (rank, seq, step, time, name, value) in storage order, and the cursor to go on from.
+
+        The cursor is ``batch id << 24 | index of the next value``; 0 means there is no more.
+        """
+        first_batch, skip = divmod(max(after, 0), _CURSOR_BATCH)
+        out: list[tuple[int, int, int, float, str, float]] = []
+        query = self._conn.execute(
+            "SELECT id, rank, first_seq, seqs, steps, times, counts, names, name_indexes, vals FROM metric_batches"
+            " WHERE run_id = ? AND id >= ? AND points > 0 ORDER BY id",
+            (run_id, first_batch),
+        )
+        for batch_id, rank, first_seq, *packed in query:
+            start = skip if batch_id == first_batch else 0
+            if name and json.dumps(name) not in packed[4]:
+                continue  # the batch has no such metric: skip it without decoding
+            columns = MetricColumns.decode(first_seq, *packed)
+            if name and name not in columns.names:
+                continue
+            wanted = columns.names.index(name) if name else -1
+            index = 0
+            for seq, step, when, count in zip(columns.seqs, columns.steps, columns.times, columns.counts, strict=True):
+                for _ in range(count):
+                    if index >= start and (wanted < 0 or columns.name_indexes[index] == wanted):
+                        if len(out) == limit:
+                            query.close()
+                            return out, batch_id * _CURSOR_BATCH + index
+                        out.append(
+                            (rank, seq, step, when, columns.names[columns.name_indexes[index]], columns.values[index])
+                        )
+                    index += 1
+        return out, 0
 
     # -- policy state ------------------------------------------------------------------------
 
@@ -393,6 +447,57 @@ class Store:
 
     def _txn(self) -> _Transaction:
         return _Transaction(self._conn)
+
+
+def _migrate_from_1(conn: sqlite3.Connection) -> None:
+    """Schema 1 stored a row per metric value and each session's progress in ``sessions``.
+
+    Values become batches of up to 512 points per run and rank (in their stored
+    order), and each session's stored seq and drop count become a batch row
+    without points, so a trainer that reconnects still resends only what is missing.
+    """
+    for statement in _SCHEMA.split(";"):
+        if "metric_batches" in statement:
+            conn.execute(statement)
+    insert = f"INSERT INTO metric_batches ({_BATCH_COLUMNS}) VALUES ({','.join('?' * 16)})"
+    empty = MetricColumns([], [], [], [], [], [], []).encode()
+    for key, run_id, rank, last_seq, dropped in conn.execute(
+        "SELECT id, run_id, rank, last_seq, dropped FROM sessions"
+    ).fetchall():
+        conn.execute(insert, (run_id, key, rank, last_seq, last_seq, -1, 0.0, 0, dropped, *empty))
+
+    def store(run_id: int, rank: int, columns: MetricColumns) -> None:
+        conn.execute(
+            insert,
+            (run_id, 0, rank, columns.seqs[0], columns.last_seq, max(columns.steps), max(columns.times),
+             len(columns), 0, *columns.encode()),
+        )
+
+    open_batches: dict[tuple[int, int], MetricColumns] = {}
+    for run_id, rank, seq, step, when, name, value in conn.execute(
+        "SELECT run_id, rank, seq, step, time, name, value FROM metrics ORDER BY rowid"
+    ):
+        columns = open_batches.get((run_id, rank))
+        if columns is None or (columns.seqs[-1] != seq and len(columns) >= 512):
+            if columns is not None:
+                store(run_id, rank, columns)
+            columns = open_batches[(run_id, rank)] = MetricColumns([], [], [], [], [], [], [])
+        if not columns.seqs or columns.seqs[-1] != seq:
+            columns.seqs.append(seq)
+            columns.steps.append(step)
+            columns.times.append(when)
+            columns.counts.append(0)
+        if name not in columns.names:
+            columns.names.append(name)
+        columns.counts[-1] += 1
+        columns.name_indexes.append(columns.names.index(name))
+        columns.values.append(math.nan if value is None else value)
+    for (run_id, rank), columns in open_batches.items():
+        store(run_id, rank, columns)
+    conn.execute("DROP TABLE metrics")
+    for table, column in [("runs", "last_step"), ("runs", "last_seen"), ("runs", "points"),
+                          ("sessions", "last_seq"), ("sessions", "dropped")]:
+        conn.execute(f"ALTER TABLE {table} DROP COLUMN {column}")
 
 
 class _Transaction:

@@ -1,0 +1,137 @@
+"""Metric storage: batches stored as packed rows, read back value by value, and schema 1 migrated."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from supervisor.batches import MetricColumns
+from supervisor.storage import SCHEMA_VERSION, Store
+
+# Schema 1 as released (one row per metric value; progress kept in runs and sessions).
+SCHEMA_1 = """
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, created REAL NOT NULL,
+    world_size INTEGER NOT NULL DEFAULT 1, version INTEGER NOT NULL DEFAULT 0, specs TEXT NOT NULL,
+    vals TEXT NOT NULL, pinned TEXT NOT NULL DEFAULT '[]', outcome INTEGER NOT NULL DEFAULT 0,
+    last_step INTEGER NOT NULL DEFAULT -1, last_seen REAL NOT NULL DEFAULT 0, points INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE changes (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), version INTEGER, time REAL NOT NULL,
+    kind INTEGER NOT NULL, source TEXT NOT NULL, reason TEXT NOT NULL, body TEXT NOT NULL, trigger_name TEXT,
+    apply_at_step INTEGER, step INTEGER NOT NULL
+);
+CREATE TABLE acks (
+    run_id INTEGER NOT NULL, version INTEGER NOT NULL, rank INTEGER NOT NULL, step INTEGER NOT NULL,
+    time REAL NOT NULL, PRIMARY KEY (run_id, version, rank)
+) WITHOUT ROWID;
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY, run_id INTEGER NOT NULL REFERENCES runs(id), rank INTEGER NOT NULL,
+    session_id TEXT NOT NULL, last_seq INTEGER NOT NULL DEFAULT 0, dropped INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (run_id, rank, session_id)
+);
+CREATE TABLE metrics (
+    run_id INTEGER NOT NULL, rank INTEGER NOT NULL, seq INTEGER NOT NULL, step INTEGER NOT NULL,
+    time REAL NOT NULL, name TEXT NOT NULL, value REAL
+);
+CREATE INDEX metrics_by_run ON metrics(run_id, name);
+CREATE TABLE policy_state (policy TEXT NOT NULL, scope TEXT NOT NULL, state TEXT NOT NULL, PRIMARY KEY (policy, scope));
+INSERT INTO meta VALUES ('schema_version', '1');
+"""
+
+
+def _columns(points: list[tuple[int, int, dict[str, float]]]) -> MetricColumns:
+    names: list[str] = []
+    columns = MetricColumns([], [], [], [], names, [], [])
+    for seq, step, values in points:
+        columns.seqs.append(seq)
+        columns.steps.append(step)
+        columns.times.append(1000.0 + step)
+        columns.counts.append(len(values))
+        for name, value in values.items():
+            if name not in names:
+                names.append(name)
+            columns.name_indexes.append(names.index(name))
+            columns.values.append(value)
+    return columns
+
+
+def _all_pages(store: Store, run_id: int, name: str = "", limit: int = 3) -> list[tuple]:
+    out, cursor, pages = [], 0, 0
+    while True:
+        page, cursor = store.metrics(run_id, name=name, after=cursor, limit=limit)
+        out.extend(page)
+        pages += 1
+        assert pages < 1000, "paging does not end"
+        if not cursor:
+            return out
+
+
+def _same(a: list[tuple], b: list[tuple]) -> bool:
+    return len(a) == len(b) and all(
+        x[:5] == y[:5] and (x[5] == y[5] or (math.isnan(x[5]) and math.isnan(y[5]))) for x, y in zip(a, b)
+    )
+
+
+def test_batches_read_back_value_by_value_with_paging_and_a_name_filter(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    run_id = store.create_run("r", world_size=2, specs={}, values={}, version=0, now=0.0)
+    s0, _, _ = store.open_session(run_id, 0, "a")
+    s1, _, _ = store.open_session(run_id, 1, "b")
+    first = _columns([(1, 0, {"loss": 2.0, "acc": 0.1}), (2, 1, {"loss": math.nan}), (5, 2, {"acc": 0.3})])
+    second = _columns([(1, 0, {"loss": 9.0})])
+    third = _columns([(6, 3, {"loss": 1.5, "gpu0_util": 80.0})])
+    store.insert_metrics([(run_id, 0, s0, 0, first), (run_id, 1, s1, 4, second)])
+    store.insert_metrics([(run_id, 0, s0, 2, third)])
+    expected = [
+        (0, 1, 0, 1000.0, "loss", 2.0), (0, 1, 0, 1000.0, "acc", 0.1), (0, 2, 1, 1001.0, "loss", math.nan),
+        (0, 5, 2, 1002.0, "acc", 0.3), (1, 1, 0, 1000.0, "loss", 9.0), (0, 6, 3, 1003.0, "loss", 1.5),
+        (0, 6, 3, 1003.0, "gpu0_util", 80.0),
+    ]
+    for limit in (1, 2, 3, 100):
+        assert _same(_all_pages(store, run_id, limit=limit), expected), limit
+        assert _same(_all_pages(store, run_id, "loss", limit), [e for e in expected if e[4] == "loss"]), limit
+    assert _all_pages(store, run_id, "nope") == []
+    # progress comes from the batches: points, last step, drops (latest per session, summed over sessions)
+    (row,) = store.load_runs()
+    assert (row.points, row.last_step, row.dropped, row.last_seen) == (5, 3, 2 + 4, 1003.0)
+    assert store.open_session(run_id, 0, "a") == (s0, 6, True)
+    assert store.open_session(run_id, 1, "b") == (s1, 1, True)
+
+
+def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(SCHEMA_1)
+    conn.execute("INSERT INTO runs (id, name, created, specs, vals, last_step, points) VALUES (1, 'r', 0, '{}', '{}', 9, 3)")
+    conn.execute("INSERT INTO sessions VALUES (7, 1, 0, 'sess', 600, 11)")
+    rows = [(1, 0, seq, seq * 10, 100.0 + seq, name, value) for seq in range(1, 601)
+            for name, value in (("loss", 1.0 / seq), ("acc", None if seq == 3 else 0.5))]
+    conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.commit()
+    conn.close()
+
+    store = Store(path)
+    (row,) = store.load_runs()
+    assert (row.points, row.last_step, row.dropped) == (600, 6000, 11)
+    assert store.open_session(1, 0, "sess") == (7, 600, True)  # a reconnecting trainer resends nothing stored
+    expected = [(r, q, s, t, n, math.nan if v is None else v) for _, r, q, s, t, n, v in rows]
+    assert _same(_all_pages(store, 1, limit=250), expected)
+    assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    store.close()
+    Store(path).close()  # opens again as the current schema
+
+
+def test_a_database_from_a_newer_supervisor_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "new.db"
+    Store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="schema version 99.*supervisor version that wrote it"):
+        Store(path)
