@@ -7,7 +7,8 @@ per process. A stream
 reports ``metrics`` values per point at ``rate`` points per second on a fixed
 schedule and sends them as trainer_sdk's pump does: the first point at once,
 then whatever is due at most every ``flush_interval`` seconds (the SDK's
-default, passed in by bench/scale.py), in one message. One of the values is ``val_loss`` (slowly decreasing, with
+default, passed in by bench/scale.py, or the supervisor's Pacing if longer),
+in one message. One of the values is ``val_loss`` (slowly decreasing, with
 noise) for the plateau policy.
 
 Why raw streams and not SDK sessions: an SDK session costs two Python threads
@@ -53,6 +54,7 @@ class Stream:
         self.run = run
         self.rate = rate
         self.flush_interval = flush_interval
+        self.paced = 0.0  # the supervisor's Pacing, obeyed as the SDK obeys it
         self.names = ["val_loss"] + [f"m{i}" for i in range(metrics - 1)]
         self.rng = random.Random(seed)
         self.seq = 0
@@ -97,19 +99,20 @@ class Stream:
             await self.welcomed.wait()
             await start.wait()
             period = 1.0 / self.rate
-            t0 = time.monotonic() + self.rng.random() * period  # spread streams over the period
+            # Trainers start at different times, so their flushes are spread over the interval.
+            t0 = time.monotonic() + self.rng.random() * max(period, self.interval)
             step = 0  # points up to `step` (exclusive) are sent
             last_send = -math.inf
             while not stop.is_set():
                 now = time.monotonic()
-                due = int((now - t0) / period) + 1  # points reported by now
-                if due > step and now - last_send >= self.flush_interval:
+                due = int((now - t0) / period) + 1 if now >= t0 else 0  # points reported by now
+                if due > step and now - last_send >= self.interval:
                     self.queue.put_nowait(self.batch(list(range(step, due))))
                     self.messages += 1
                     step, last_send = due, now
                 # wake at the next report, or when the flush interval allows the pending ones out
                 next_report = t0 + step * period if due <= step else now
-                wake = max(next_report, last_send + self.flush_interval)
+                wake = max(next_report, last_send + self.interval)
                 wait = wake - time.monotonic()
                 if wait > 0:
                     try:
@@ -121,6 +124,10 @@ class Stream:
             reader.cancel()
             call.cancel()
 
+    @property
+    def interval(self) -> float:
+        return max(self.flush_interval, self.paced)
+
     async def _read(self, call: Any) -> None:
         try:
             async for response in call:
@@ -129,6 +136,8 @@ class Stream:
                     self.welcomed.set()
                 elif kind == "metrics_ack":
                     self.acked = max(self.acked, response.metrics_ack.seq)
+                elif kind == "pacing":
+                    self.paced = response.pacing.min_flush_interval_seconds
                 elif kind == "delta":
                     self.deltas += 1
                     self.version = response.delta.version
@@ -170,6 +179,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "sent": sum(s.seq for s in streams), "acked": sum(s.acked for s in streams),
         "messages": sum(s.messages for s in streams), "deltas": sum(s.deltas for s in streams),
         "errors": [e for s in streams for e in s.errors][:20],
+        "paced_s": [min(s.paced for s in streams), max(s.paced for s in streams)],
     }
 
 

@@ -79,6 +79,9 @@ runs = "probe-kick"
 
 
 def _sdk_flush_interval() -> float:
+    import os
+    if os.environ.get("BENCH_FLUSH"):
+        return float(os.environ["BENCH_FLUSH"])
     """The SDK's default flush_interval: the load generators batch as a session with defaults does."""
     import inspect
 
@@ -249,6 +252,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         loadgen_processes=len(gens),
         messages_s=_rate_in_window(gen_stats, "messages", wall0, wall1),
         flush_interval_s=_sdk_flush_interval(),
+        paced_s=[min(g["paced_s"][0] for g in gen_stats), max(g["paced_s"][1] for g in gen_stats)],
         backlog_points_end=sum(g["sent"] - g["acked"] for g in gen_stats),
     )
     return res
@@ -352,7 +356,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    note=f"offered {r['offered_values_s']:,.0f}, sent {r['sent_values_s']:,.0f}, supervisor received "
                         f"{r['received_values_s']:,.0f}; {r['stored_values_s'] / r['offered_values_s']:.0%} of offered;"
                         f" unacked at the end {r['backlog_points_end']:,} points; {r['messages_s']:,.0f} messages/s "
-                        f"(SDK flush_interval {r['flush_interval_s']:g} s); {r['loadgen_processes']} load "
+                        f"(SDK flush_interval {r['flush_interval_s']:g} s, supervisor's pacing {r['paced_s'][1]:.3g} s); {r['loadgen_processes']} load "
                         f"processes; all {n} streams connected in {r['connect_all_s']:.1f} s")
         result.row(f"{label}: control latency under load p50 / p99 (API set -> visible)",
                    f"{api.get('p50', float('nan')):.1f} / {api.get('p99', float('nan')):.1f}", "ms",

@@ -212,6 +212,24 @@ class MetricPoint:
         object.__setattr__(self, "time", float(self.time))
         object.__setattr__(self, "metrics", MappingProxyType(metrics))
 
+    @classmethod
+    def from_host(cls, run: str, step: int, time: float, metrics: dict[str, float], rank: int = 0) -> MetricPoint:
+        """Build without validation, for a host whose values are already checked (ints, finite time, floats).
+
+        The live supervisor makes one per metric point received, so the checks in
+        ``__post_init__`` (several µs for ten metrics) would be a large share of
+        its cost per point. ``metrics`` must be a fresh dict the caller no longer
+        changes: it is wrapped read-only, not copied.
+        """
+        point = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(point, "run", run)
+        setattr_(point, "step", step)
+        setattr_(point, "time", time)
+        setattr_(point, "metrics", MappingProxyType(metrics))
+        setattr_(point, "rank", rank)
+        return point
+
 
 @runtime_checkable
 class RunView(Protocol):

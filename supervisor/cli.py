@@ -1,35 +1,36 @@
 """The ``supervisor`` command: serve, and talk to a running supervisor.
 
-Client commands are started by people and scripts for one call each, so this
-module imports only what they need (asyncio, pathlib and the server load
-lazily): process start-up is most of a command's latency.
+Client commands are started by people and scripts for one call each, so
+process start-up is most of their latency. Given an ``http://`` address (the
+supervisor's HTTP gateway) a client command runs on the standard library
+alone: this module imports grpc, protobuf, asyncio, logging and the server
+only on the paths that need them (tests/core/test_http_gateway.py checks it).
+Both paths see replies in proto3 JSON form and share the formatting below.
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import logging
 import sys
-from collections.abc import Sequence
-from typing import Any
 
-import grpc
+from supervisor._address import DEFAULT_ADDRESS, default_address, is_http
 
-from trainer_sdk import _wire
-from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing, which a one-shot command would pay for
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+    from typing import Any
 
 _KIND = {
-    pb.CHANGE_KIND_SET: "set",
-    pb.CHANGE_KIND_TRIGGER: "trigger",
-    pb.CHANGE_KIND_ADOPT: "adopt",
-    pb.CHANGE_KIND_PROPOSAL: "proposal",
-    pb.CHANGE_KIND_REFUSED: "refused",
-    pb.CHANGE_KIND_POLICY_ERROR: "policy-error",
-    pb.CHANGE_KIND_RELEASE: "release",
+    "CHANGE_KIND_SET": "set",
+    "CHANGE_KIND_TRIGGER": "trigger",
+    "CHANGE_KIND_ADOPT": "adopt",
+    "CHANGE_KIND_PROPOSAL": "proposal",
+    "CHANGE_KIND_REFUSED": "refused",
+    "CHANGE_KIND_POLICY_ERROR": "policy-error",
+    "CHANGE_KIND_RELEASE": "release",
 }
-_OUTCOME = {pb.RUN_OUTCOME_COMPLETED: "completed", pb.RUN_OUTCOME_FAILED: "failed"}
+_OUTCOME = {"RUN_OUTCOME_COMPLETED": "completed", "RUN_OUTCOME_FAILED": "failed"}
 
 
 class UsageError(Exception):
@@ -37,115 +38,204 @@ class UsageError(Exception):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser(argv[0] if argv and argv[0] in COMMANDS else None)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=getattr(args, "log_level", "WARNING").upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    if not is_http(getattr(args, "address", "")):  # the HTTP path logs nothing: spare it logging's import
+        import logging
+
+        logging.basicConfig(
+            level=getattr(args, "log_level", "WARNING").upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     try:
         return int(args.func(args) or 0)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except grpc.RpcError as exc:
-        code = exc.code() if hasattr(exc, "code") else None
-        if code == grpc.StatusCode.UNAVAILABLE:
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        failure = _call_failure(exc)
+        if failure is None:
+            raise
+        code, details = failure
+        if code == "UNAVAILABLE":
             print(
-                f"error: no supervisor answers at {args.address} ({exc.details()}); start one with "
+                f"error: no supervisor answers at {args.address} ({details}); start one with "
                 "`supervisor serve` or pass --address / $SUPERVISOR_ADDR",
                 file=sys.stderr,
             )
         else:
-            print(f"error: {exc.details() if hasattr(exc, 'details') else exc}", file=sys.stderr)
+            print(f"error: {details}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
 
 
-def _parser() -> argparse.ArgumentParser:
-    from supervisor.client import default_address
+def _call_failure(exc: BaseException) -> tuple[str, str] | None:
+    """(status name, details) of a failed call over either transport; None for any other exception."""
+    from supervisor.http_client import OperatorError
 
-    parser = argparse.ArgumentParser(prog="supervisor", description="Closed-loop supervision of training runs.")
+    if isinstance(exc, OperatorError):
+        return exc.code, exc.details
+    grpc = sys.modules.get("grpc")  # loaded if and only if the gRPC path ran
+    if grpc is not None and isinstance(exc, grpc.RpcError):
+        code = exc.code() if hasattr(exc, "code") else None
+        return (code.name if code is not None else "UNKNOWN"), (exc.details() if hasattr(exc, "details") else str(exc))
+    return None
+
+
+COMMANDS = ("serve", "runs", "set", "trigger", "release", "history", "metrics", "export", "top", "replay")
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The command line; with ``only``, just that command's part (building all of it costs a one-shot
+    command several milliseconds, and its usage, help and errors read the same either way)."""
+    parser = argparse.ArgumentParser(
+        prog="supervisor", description="Closed-loop supervision of training runs.", formatter_class=_Formatter
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    def want(name: str) -> bool:
+        return only is None or only == name
+
     def client_command(name: str, help: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
+        p = sub.add_parser(name, help=help, description=help, formatter_class=_Formatter)
         p.add_argument(
             "--address",
             default=default_address(),
-            help="supervisor address (default: $SUPERVISOR_ADDR, then 127.0.0.1:50051)",
+            help=f"supervisor address: gRPC's HOST:PORT, or http://HOST:PORT of its HTTP gateway, which answers "
+            f"a one-shot command several times faster (default: $SUPERVISOR_ADDR, then {DEFAULT_ADDRESS})",
         )
         p.add_argument("--token", default=None, help="auth token (default: $SUPERVISOR_TOKEN)")
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
-    p = sub.add_parser("serve", help="run the supervisor", description="Run the supervisor.")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    p.add_argument("--db", default="supervisor.db", help="SQLite file (created if missing)")
-    p.add_argument("--config", default=None, help="policies file (TOML)")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
-    p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
-    p.add_argument("--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)")
-    p.add_argument("--log-level", default="INFO")
-    p.set_defaults(func=_serve)
+    if want("serve"):
+        p = sub.add_parser(
+            "serve",
+            formatter_class=_Formatter,
+            help="run the supervisor",
+            description="Run the supervisor: gRPC for trainers and operators on --host:--port, and the operator API "
+            "as HTTP/JSON (POST /v1/<Method>) on --host:--http-port, which `supervisor` commands given "
+            "--address http://HOST:PORT use to answer without importing gRPC. It prints `http gateway on URL`, then "
+            "`listening on HOST:PORT` once it serves.",
+        )
+        p.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on, for gRPC and HTTP (default 127.0.0.1)"
+        )
+        p.add_argument("--port", type=int, default=50051, help="gRPC port (default 50051; 0 picks a free port)")
+        p.add_argument(
+            "--http-port",
+            type=int,
+            default=None,
+            help="operator HTTP/JSON gateway port (default: --port + 1, so 50052, and if that one is taken the "
+            "server runs without the gateway and says so; with --port 0, a free port; 0 picks a free port)",
+        )
+        p.add_argument("--no-http", action="store_true", help="serve no HTTP gateway")
+        p.add_argument("--db", default="supervisor.db", help="SQLite file (created if missing)")
+        p.add_argument("--config", default=None, help="policies file (TOML)")
+        p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
+        p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
+        p.add_argument(
+            "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
+        )
+        p.add_argument("--log-level", default="INFO")
+        p.set_defaults(func=_serve)
 
-    p = client_command("runs", "list runs: connection, step, latest metrics, parameters, version")
-    p.add_argument("--glob", default="", help="only runs whose name matches this shell pattern")
-    p.set_defaults(func=_runs)
+    if want("runs"):
+        p = client_command("runs", "list runs: connection, step, latest metrics, parameters, version")
+        p.add_argument("--glob", default="", help="only runs whose name matches this shell pattern")
+        p.set_defaults(func=_runs)
 
-    p = client_command("set", "change parameters of a run in one atomic, versioned step")
-    p.add_argument("run")
-    p.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
-    p.add_argument("--reason", default="", help="why; recorded in the history")
-    p.add_argument("--at-step", type=int, default=None, help="make it visible at this training step")
-    p.add_argument("--wait", action="store_true", help="return once the trainer has applied it")
-    p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait waits (default 30)")
-    p.set_defaults(func=_set)
+    if want("set"):
+        p = client_command("set", "change parameters of a run in one atomic, versioned step")
+        p.add_argument("run")
+        p.add_argument("assignments", nargs="+", metavar="NAME=VALUE")
+        p.add_argument("--reason", default="", help="why; recorded in the history")
+        p.add_argument("--at-step", type=int, default=None, help="make it visible at this training step")
+        p.add_argument("--wait", action="store_true", help="return once the trainer has applied it")
+        p.add_argument("--timeout", type=float, default=30.0, help="seconds --wait waits (default 30)")
+        p.set_defaults(func=_set)
 
-    p = client_command("trigger", "fire a named trigger (checkpoint, stop, rollback, ...)")
-    p.add_argument("run")
-    p.add_argument("name")
-    p.add_argument("--reason", default="")
-    p.set_defaults(func=_trigger)
+    if want("trigger"):
+        p = client_command("trigger", "fire a named trigger (checkpoint, stop, rollback, ...)")
+        p.add_argument("run")
+        p.add_argument("name")
+        p.add_argument("--reason", default="")
+        p.set_defaults(func=_trigger)
 
-    p = client_command("release", "let policies change parameters an operator pinned with `set`")
-    p.add_argument("run")
-    p.add_argument("params", nargs="*", metavar="PARAM", help="default: every pinned parameter")
-    p.set_defaults(func=_release)
+    if want("release"):
+        p = client_command("release", "let policies change parameters an operator pinned with `set`")
+        p.add_argument("run")
+        p.add_argument("params", nargs="*", metavar="PARAM", help="default: every pinned parameter")
+        p.set_defaults(func=_release)
 
-    p = client_command("history", "every change of a run, with acknowledgements")
-    p.add_argument("run")
-    p.set_defaults(func=_history)
+    if want("history"):
+        p = client_command("history", "every change of a run, with acknowledgements")
+        p.add_argument("run")
+        p.set_defaults(func=_history)
 
-    p = client_command("metrics", "the recorded metric stream of a run")
-    p.add_argument("run")
-    p.add_argument("--name", default="", help="only this metric")
-    p.set_defaults(func=_metrics)
+    if want("metrics"):
+        p = client_command("metrics", "the recorded metric stream of a run")
+        p.add_argument("run")
+        p.add_argument("--name", default="", help="only this metric")
+        p.set_defaults(func=_metrics)
 
-    p = client_command("export", "write a run's metric stream as JSON lines (the replay input format)")
-    p.add_argument("run")
-    p.set_defaults(func=_export)
+    if want("export"):
+        p = client_command("export", "write a run's metric stream as JSON lines (the replay input format)")
+        p.add_argument("run")
+        p.set_defaults(func=_export)
 
-    p = client_command("top", "live view of the runs")
-    p.add_argument("--refresh", type=float, default=1.0, help="seconds between refreshes")
-    p.add_argument("--glob", default="")
-    p.add_argument("--once", action="store_true", help="print one frame and exit")
-    p.set_defaults(func=_top)
+    if want("top"):
+        p = client_command("top", "live view of the runs")
+        p.add_argument("--refresh", type=float, default=1.0, help="seconds between refreshes")
+        p.add_argument("--glob", default="")
+        p.add_argument("--once", action="store_true", help="print one frame and exit")
+        p.set_defaults(func=_top)
 
-    p = sub.add_parser(
-        "replay",
-        help="run policies over recorded metrics, offline and deterministic",
-        description="Run policies over recorded metrics (JSON lines) and print their decisions.",
-    )
-    p.add_argument("metrics_file", metavar="METRICS.jsonl")
-    p.add_argument("--config", required=True, help="policies file (TOML)")
-    p.add_argument(
-        "--param", action="append", default=[], metavar="NAME=VALUE", help="a parameter's starting value (repeatable)"
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object per decision")
-    p.set_defaults(func=_replay)
+    if want("replay"):
+        p = sub.add_parser(
+            "replay",
+            formatter_class=_Formatter,
+            help="run policies over recorded metrics, offline and deterministic",
+            description="Run policies over recorded metrics (JSON lines) and print their decisions.",
+        )
+        p.add_argument("metrics_file", metavar="METRICS.jsonl")
+        p.add_argument("--config", required=True, help="policies file (TOML)")
+        p.add_argument(
+            "--param",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help="a parameter's starting value (repeatable)",
+        )
+        p.add_argument("--json", action="store_true", help="one JSON object per decision")
+        p.set_defaults(func=_replay)
     return parser
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter, told the terminal's width so that it does not import shutil (and with it
+    bz2, lzma and zlib) for every argument of a one-shot command."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24, width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position, width if width is not None else _columns())
+
+
+def _columns() -> int:
+    """shutil.get_terminal_size().columns: $COLUMNS, else the terminal's width, else 80."""
+    import os
+
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
 
 
 # -- serve --------------------------------------------------------------------------------------
@@ -158,9 +248,20 @@ def _serve(args: argparse.Namespace) -> int:
 
     from supervisor.server import ServerConfig, serve
 
+    if args.no_http:
+        http_port, http_optional = None, False
+    elif args.http_port is not None:
+        if not 0 <= args.http_port < 65536:
+            print(f"error: --http-port must be a port number (0 for a free one), not {args.http_port}", file=sys.stderr)
+            return 2
+        http_port, http_optional = args.http_port, False
+    else:
+        http_port, http_optional = (args.port + 1 if 0 < args.port < 65535 else 0), True
     config = ServerConfig(
         host=args.host,
         port=args.port,
+        http_port=http_port,
+        http_optional=http_optional,
         db=Path(args.db),
         token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
         metrics_host=args.metrics_host,
@@ -180,9 +281,21 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 # -- client commands ------------------------------------------------------------------------------
+#
+# Replies arrive in proto3 JSON form over either transport (int64 as strings, doubles' NaN and
+# infinities as "NaN" / "Infinity", enums by name, unset message fields absent): the helpers below
+# turn them into plain values, so both paths print the same bytes.
 
 
 def _client(args: argparse.Namespace) -> Any:
+    """An object with ``call(method, request, timeout=) -> dict``: the HTTP client for ``http://`` addresses."""
+    if is_http(args.address):
+        from supervisor.http_client import HttpOperatorClient
+
+        try:
+            return HttpOperatorClient(args.address, token=args.token)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     from supervisor.client import OperatorClient
 
     return OperatorClient(args.address, token=args.token)
@@ -200,37 +313,57 @@ def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
     return changes
 
 
-def _value(v: pb.ParamValue) -> Any:
-    return _wire.value_from_wire(v)
+def _int(v: Any) -> int:
+    return int(v) if v is not None else 0
+
+
+def _float(v: Any) -> float:
+    return float(v) if v is not None else 0.0
+
+
+def _value(v: Mapping[str, Any] | None) -> Any:
+    """A ParamValue's Python value; None when unset."""
+    if v:
+        if "floatValue" in v:
+            return float(v["floatValue"])
+        if "intValue" in v:
+            return int(v["intValue"])
+        if "boolValue" in v:
+            return bool(v["boolValue"])
+        if "stringValue" in v:
+            return str(v["stringValue"])
+    return None
 
 
 def _fmt_time(t: float) -> str:
+    import datetime as dt
+
     return dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3] if t else "-"
+
+
+def _run_row(r: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "run": r.get("run", ""),
+        "connected": bool(r.get("connected")),
+        "connected_ranks": _int(r.get("connectedRanks")),
+        "world_size": _int(r.get("worldSize")),
+        "last_step": _int(r.get("lastStep")),
+        "step_rate": round(_float(r.get("stepRate")), 3),
+        "latest_metrics": {k: _float(v) for k, v in r.get("latestMetrics", {}).items()},
+        "params": {k: _value(v) for k, v in r.get("values", {}).items()},
+        "version": _int(r.get("version")),
+        "acked_version": _int(r.get("ackedVersion")),
+        "pinned": list(r.get("pinned", [])),
+        "points_received": _int(r.get("pointsReceived")),
+        "points_dropped": _int(r.get("pointsDropped")),
+        "outcome": _OUTCOME.get(r.get("outcome")),
+        "last_seen": _float(r.get("lastSeen")),
+    }
 
 
 def _runs(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        runs = client.runs(args.glob)
-    rows = [
-        {
-            "run": r.run,
-            "connected": r.connected,
-            "connected_ranks": r.connected_ranks,
-            "world_size": r.world_size,
-            "last_step": r.last_step,
-            "step_rate": round(r.step_rate, 3),
-            "latest_metrics": dict(r.latest_metrics),
-            "params": {k: _value(v) for k, v in r.values.items()},
-            "version": r.version,
-            "acked_version": r.acked_version,
-            "pinned": list(r.pinned),
-            "points_received": r.points_received,
-            "points_dropped": r.points_dropped,
-            "outcome": _OUTCOME.get(r.outcome),
-            "last_seen": r.last_seen,
-        }
-        for r in runs
-    ]
+        rows = [_run_row(r) for r in client.call("ListRuns", {"runGlob": args.glob}).get("runs", [])]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -253,30 +386,31 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _set(args: argparse.Namespace) -> int:
     changes = _parse_assignments(args.assignments)
+    request: dict[str, Any] = {
+        "run": args.run,
+        "changes": {name: {"stringValue": text} for name, text in changes.items()},  # the server parses by type
+        "reason": args.reason,
+        "wait": args.wait,
+        "timeoutSeconds": args.timeout,
+    }
+    if args.at_step is not None:
+        request["applyAtStep"] = str(args.at_step)
     with _client(args) as client:
-        response = client.set(
-            args.run, changes, reason=args.reason, apply_at_step=args.at_step, wait=args.wait, timeout=args.timeout
-        )
+        response = client.call("SetParams", request, timeout=(args.timeout + client.timeout) if args.wait else None)
+    version, acknowledged = _int(response.get("version")), bool(response.get("acknowledged"))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "run": args.run,
-                    "version": response.version,
-                    "acknowledged": response.acknowledged,
-                    "old": {k: _value(v) for k, v in response.old_values.items()},
-                }
-            )
-        )
+        old = {k: _value(v) for k, v in response.get("oldValues", {}).items()}
+        print(json.dumps({"run": args.run, "version": version, "acknowledged": acknowledged, "old": old}))
     else:
-        ack = " (applied by the trainer)" if response.acknowledged else ""
-        print(f"version {response.version}{ack}")
+        ack = " (applied by the trainer)" if acknowledged else ""
+        print(f"version {version}{ack}")
     return 0
 
 
 def _trigger(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        version = client.trigger(args.run, args.name, reason=args.reason)
+        response = client.call("FireTrigger", {"run": args.run, "name": args.name, "reason": args.reason})
+    version = _int(response.get("version"))
     print(
         json.dumps({"run": args.run, "trigger": args.name, "version": version}) if args.json else f"version {version}"
     )
@@ -285,7 +419,7 @@ def _trigger(args: argparse.Namespace) -> int:
 
 def _release(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        released = client.release(args.run, args.params)
+        released = list(client.call("ReleaseParams", {"run": args.run, "names": args.params}).get("released", []))
     if args.json:
         print(json.dumps({"run": args.run, "released": released}))
     else:
@@ -293,19 +427,26 @@ def _release(args: argparse.Namespace) -> int:
     return 0
 
 
-def history_rows(entries: Sequence[pb.HistoryEntry]) -> list[dict[str, Any]]:
+def history_rows(entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``GetHistoryResponse.entries`` in proto3 JSON form -> the rows ``supervisor history --json`` prints."""
     return [
         {
-            "version": e.version or None,
-            "time": e.time,
-            "kind": _KIND.get(e.kind, "?"),
-            "source": e.source,
-            "reason": e.reason,
-            "step": e.step,
-            "changes": {c.name: {"old": _value(c.old_value), "new": _value(c.new_value)} for c in e.changes},
-            "trigger": e.trigger or None,
-            "apply_at_step": e.apply_at_step if e.HasField("apply_at_step") else None,
-            "acks": [{"rank": a.rank, "step": a.step, "time": a.time} for a in e.acks],
+            "version": _int(e.get("version")) or None,
+            "time": _float(e.get("time")),
+            "kind": _KIND.get(e.get("kind"), "?"),
+            "source": e.get("source", ""),
+            "reason": e.get("reason", ""),
+            "step": _int(e.get("step")),
+            "changes": {
+                c.get("name", ""): {"old": _value(c.get("oldValue")), "new": _value(c.get("newValue"))}
+                for c in e.get("changes", [])
+            },
+            "trigger": e.get("trigger") or None,
+            "apply_at_step": _int(e["applyAtStep"]) if "applyAtStep" in e else None,
+            "acks": [
+                {"rank": _int(a.get("rank")), "step": _int(a.get("step")), "time": _float(a.get("time"))}
+                for a in e.get("acks", [])
+            ],
         }
         for e in entries
     ]
@@ -313,7 +454,7 @@ def history_rows(entries: Sequence[pb.HistoryEntry]) -> list[dict[str, Any]]:
 
 def _history(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        rows = history_rows(client.history(args.run))
+        rows = history_rows(client.call("GetHistory", {"run": args.run}).get("entries", []))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -331,17 +472,40 @@ def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+def _points(client: Any, run: str, name: str = "") -> Iterator[tuple[int, int, int, float, str, float]]:
+    """(rank, seq, step, time, name, value) of every stored point, page after page.
+
+    Over gRPC the pages stay protobuf messages: converting millions of points to
+    JSON form first would make ``export`` several times slower.
+    """
+    if hasattr(client, "metrics"):
+        for p in client.metrics(run, name):
+            yield p.rank, p.seq, p.step, p.time, p.name, p.value
+        return
+    token = ""
+    while True:
+        page = client.call("GetMetrics", {"run": run, "name": name, "pageToken": token, "pageSize": 10_000})
+        for p in page.get("points", []):
+            yield (
+                _int(p.get("rank")),
+                _int(p.get("seq")),
+                _int(p.get("step")),
+                _float(p.get("time")),
+                p.get("name", ""),
+                _float(p.get("value")),
+            )
+        token = page.get("nextPageToken", "")
+        if not token:
+            return
+
+
 def _metrics(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        for p in client.metrics(args.run, args.name):
+        for rank, seq, step, time, name, value in _points(client, args.run, args.name):
             if args.json:
-                print(
-                    json.dumps(
-                        {"rank": p.rank, "seq": p.seq, "step": p.step, "time": p.time, "name": p.name, "value": p.value}
-                    )
-                )
+                print(json.dumps({"rank": rank, "seq": seq, "step": step, "time": time, "name": name, "value": value}))
             else:
-                print(f"{p.step:>8}  rank {p.rank}  {p.name:<24} {p.value:.6g}")
+                print(f"{step:>8}  rank {rank}  {name:<24} {value:.6g}")
     return 0
 
 
@@ -354,18 +518,22 @@ def _export(args: argparse.Namespace) -> int:
             print(json.dumps(line, allow_nan=True))
 
     with _client(args) as client:
-        for p in client.metrics(args.run):
-            key = (p.rank, p.seq)
+        for rank, seq, step, time, name, value in _points(client, args.run):
+            key = (rank, seq)
             if key != current:
                 flush()
                 current = key
-                line = {"run": args.run, "step": p.step, "time": p.time, "rank": p.rank, "metrics": {}}
-            line["metrics"][p.name] = p.value
+                line = {"run": args.run, "step": step, "time": time, "rank": rank, "metrics": {}}
+            line["metrics"][name] = value
     flush()
     return 0
 
 
 def _top(args: argparse.Namespace) -> int:
+    if is_http(args.address):
+        raise UsageError(
+            f"top speaks gRPC: pass the supervisor's gRPC address (HOST:PORT, `listening on` line), not {args.address}"
+        )
     from supervisor.top import run_top
 
     return run_top(args.address, token=args.token, refresh=args.refresh, run_glob=args.glob, once=args.once)

@@ -7,16 +7,14 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf import json_format
 
+from supervisor._address import DEFAULT_ADDRESS, default_address
 from trainer_sdk import _wire
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-
-
-def default_address() -> str:
-    return os.environ.get("SUPERVISOR_ADDR") or DEFAULT_ADDRESS
+__all__ = ["DEFAULT_ADDRESS", "OperatorClient", "default_address"]
 
 
 class OperatorClient:
@@ -42,6 +40,19 @@ class OperatorClient:
 
     def __exit__(self, *_: Any) -> None:
         self.close()
+
+    def call(
+        self, method: str, request: Mapping[str, Any] | None = None, *, timeout: float | None = None
+    ) -> dict[str, Any]:
+        """One unary call with ``request`` and the result in proto3 JSON form, as the HTTP gateway takes and
+        gives them (``HttpOperatorClient.call``'s twin: the CLI formats both the same way)."""
+        stub_method = getattr(self._stub, method, None)
+        descriptor = pb.DESCRIPTOR.services_by_name["OperatorService"].methods_by_name.get(method)
+        if stub_method is None or descriptor is None:
+            raise ValueError(f"OperatorService has no method {method!r}")
+        message = json_format.ParseDict(dict(request or {}), getattr(pb, descriptor.input_type.name)())
+        response = stub_method(message, metadata=self._metadata, timeout=self.timeout if timeout is None else timeout)
+        return json_format.MessageToDict(response, always_print_fields_with_no_presence=True)
 
     def runs(self, glob: str = "") -> list[pb.RunInfo]:
         return list(

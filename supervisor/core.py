@@ -40,10 +40,16 @@ class _NoMetrics:
 
 
 class Supervisor:
-    def __init__(self, db: Database, *, metrics: Any = None) -> None:
+    def __init__(self, db: Database, *, metrics: Any = None, max_metric_messages: float = 1000.0) -> None:
+        """``max_metric_messages``: metric batches per second over all trainers (see ``pacing``)."""
+        if not max_metric_messages > 0:
+            raise ValueError(f"max_metric_messages must be positive, got {max_metric_messages}")
         self.db = db
         self.metrics = metrics if metrics is not None else _NoMetrics()
         self.runs: dict[str, RunState] = {}
+        self.max_metric_messages = max_metric_messages
+        self._open_streams = 0
+        self._paced = 0.0  # the interval every open stream has been told
         self.policies: Any = None  # a PolicyHost, attached by the server when configured
         self._create_lock = asyncio.Lock()
         self.writer = IngestWriter(db, self._stored)
@@ -162,6 +168,8 @@ class Supervisor:
             send.append(pb.ConnectResponse(welcome=pb.Welcome(version=run.version, last_seq=last_seq, adopted=adopted)))
             if hello.version < run.version:
                 send.extend(await self._catch_up(run, hello.version, known))
+            self._open_streams += 1
+            send.append(self._pace())
             run.streams.setdefault(hello.rank, set()).add(stream)
             run.world_size = hello.world_size
             run.outcome = 0
@@ -256,6 +264,8 @@ class Supervisor:
         return pb.ConnectResponse(delta=delta)
 
     def close_session(self, stream: TrainerStream) -> None:
+        self._open_streams -= 1
+        self._pace()
         run = self.runs.get(stream.run)
         if run is None:
             return
@@ -269,6 +279,30 @@ class Supervisor:
             self.metrics.run_finished(run.name)
         self.metrics.set_connected(run.name, run.connected_ranks)
         log.info("trainer disconnected: run=%s rank=%d", stream.run, stream.rank)
+
+    @property
+    def pacing(self) -> float:
+        """Seconds each trainer should leave between metric batches: open streams / max_metric_messages.
+
+        The supervisor's cost is per message far more than per value (each gRPC
+        message costs a read, a decode, a wake-up and an acknowledgement on both
+        sides), so as trainers are added each one batches more and the total
+        message rate stays bounded; the values per second do not change.
+        """
+        return self._open_streams / self.max_metric_messages
+
+    def _pace(self) -> pb.ConnectResponse:
+        """The Pacing message for a new stream; tells every stream when the interval moved by over 20 %."""
+        target = self.pacing
+        message = pb.ConnectResponse(pacing=pb.Pacing(min_flush_interval_seconds=target))
+        if not self._paced / 1.2 <= target <= self._paced * 1.2:
+            self._paced = target
+            for run in self.runs.values():
+                for streams in run.streams.values():
+                    for stream in streams:
+                        stream.send(message)
+            self.metrics.set_pacing(target)
+        return message
 
     async def goodbye(self, stream: TrainerStream, outcome: int) -> None:
         run = self.get(stream.run)

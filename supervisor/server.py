@@ -16,7 +16,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from supervisor.core import Supervisor
-from supervisor.services import OperatorService, TrainerService
+from supervisor.http_gateway import HttpGateway
+from supervisor.services import UNAUTHENTICATED_DETAILS, OperatorService, TrainerService
 from supervisor.storage import Database
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -46,6 +47,10 @@ class ServerConfig:
     metrics_host: str | None = None
     metrics_port: int | None = None
     policy_config: Path | None = None
+    http_port: int | None = None
+    """The operator HTTP/JSON gateway's port on ``host`` (0: a free one); None: no gateway."""
+    http_optional: bool = False
+    """If the HTTP port is taken, log it and serve without the gateway (for a default nobody asked for)."""
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -55,10 +60,7 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         self._expected = f"Bearer {token}".encode()
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED,
-                "missing or wrong token: set SUPERVISOR_TOKEN (or --token) to the server's token",
-            )
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, UNAUTHENTICATED_DETAILS)
 
         self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
         self._deny_stream = grpc.stream_stream_rpc_method_handler(deny)
@@ -82,6 +84,7 @@ class SupervisorServer:
         self.db = Database(config.db)
         self.metrics: Any = None
         self.metrics_address: tuple[str, int] | None = None
+        self.http_port: int | None = None
         if config.metrics_port is not None:
             from supervisor.observability import SupervisorMetrics
 
@@ -95,7 +98,9 @@ class SupervisorServer:
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         pb_grpc.add_TrainerServiceServicer_to_server(TrainerService(self.core), self.server)
-        pb_grpc.add_OperatorServiceServicer_to_server(OperatorService(self.core), self.server)
+        operator = OperatorService(self.core)
+        pb_grpc.add_OperatorServiceServicer_to_server(operator, self.server)
+        self.http = HttpGateway(operator, token=config.token) if config.http_port is not None else None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
@@ -110,12 +115,40 @@ class SupervisorServer:
             self.metrics_address = self.metrics.serve(
                 self.config.metrics_host or self.config.host, self.config.metrics_port or 0
             )
+        if self.http is not None:
+            await self._start_http(self.http)
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
 
+    async def _start_http(self, http: HttpGateway) -> None:
+        port = self.config.http_port or 0
+        try:
+            self.http_port = await http.start(self.config.host, port)
+        except OSError as exc:
+            if not self.config.http_optional:
+                raise OSError(f"cannot serve HTTP on {self.config.host}:{port}: {exc.strerror or exc}") from None
+            log.warning(
+                "no HTTP gateway: port %d on %s is taken (%s); pass --http-port PORT to choose another",
+                port,
+                self.config.host,
+                exc.strerror or exc,
+            )
+            self.http = None
+
+    @property
+    def http_url(self) -> str | None:
+        """``http://HOST:PORT`` of the operator gateway, for ``--address`` / $SUPERVISOR_ADDR; None without one."""
+        if self.http is None or self.http_port is None:
+            return None
+        host = self.config.host
+        return f"http://[{host}]:{self.http_port}" if ":" in host else f"http://{host}:{self.http_port}"
+
     async def stop(self, grace: float = 2.0) -> None:
         await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(grace)
+        if self.http is not None:
+            await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
+        else:
+            await self.server.stop(grace)
         if self.policy_host is not None:
             await self.policy_host.stop()
         await self.core.stop()
@@ -142,6 +175,8 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
         host = server.policy_host
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(host.reload()))
     await server.start()
+    if server.http_url is not None:  # before the listening line: whoever waits for that one finds it
+        print(f"http gateway on {server.http_url}", flush=True)
     print(f"listening on {config.host}:{server.port}", flush=True)
     if server.metrics_address is not None:
         host, port = server.metrics_address

@@ -27,6 +27,9 @@ _STATUS = {
 }
 _ERROR_KIND = {UnknownRun: "unknown_run", RefusedChange: "invalid_change", BadSession: "bad_message"}
 
+UNAUTHENTICATED_DETAILS = "missing or wrong token: set SUPERVISOR_TOKEN (or --token) to the server's token"
+"""What a client without the server's token is told, over gRPC and over HTTP alike."""
+
 
 async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[[], Awaitable[T]]) -> T:
     try:

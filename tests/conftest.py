@@ -25,7 +25,8 @@ def free_port() -> int:
 
 
 class SupervisorProcess:
-    """``supervisor serve`` in a subprocess; ``address`` once it printed its listening line."""
+    """``supervisor serve`` in a subprocess; ``address`` once it printed its listening line, and
+    ``http_address`` (``http://HOST:PORT`` of its operator HTTP gateway, printed just before)."""
 
     def __init__(self, db: Path, *, port: int = 0, args: tuple[str, ...] = (), log: Path | None = None) -> None:
         self.db = db
@@ -34,6 +35,7 @@ class SupervisorProcess:
         self.log = log or db.with_suffix(".log")
         self.proc: subprocess.Popen[str] | None = None
         self.address = ""
+        self.http_address = ""
         self.lines: list[str] = []
 
     def start(self, timeout: float = 30.0) -> SupervisorProcess:
@@ -47,6 +49,8 @@ class SupervisorProcess:
             if not line:
                 raise RuntimeError(f"supervisor exited ({self.proc.wait()}): {self.log.read_text()[-2000:]}")
             self.lines.append(line.strip())
+            if line.startswith("http gateway on "):
+                self.http_address = line.split()[-1]
             if line.startswith("listening on "):
                 self.address = line.split()[-1]
                 self.port = int(self.address.rsplit(":", 1)[1])
@@ -66,16 +70,23 @@ class SupervisorProcess:
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(timeout)
 
-    def cli(self, *args: str, check: bool = True, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, check: bool = True, timeout: float = 60.0, address: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """``supervisor ARGS --address ADDRESS`` (default: the gRPC address; ``self.http_address`` for HTTP)."""
         result = subprocess.run(
-            [*SUPERVISOR, *args, "--address", self.address], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+            [*SUPERVISOR, *args, "--address", address or self.address],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
         )
         if check and result.returncode != 0:
             raise AssertionError(f"supervisor {' '.join(args)} failed ({result.returncode}): {result.stderr}")
         return result
 
-    def json(self, *args: str) -> object:
-        return json.loads(self.cli(*args, "--json").stdout)
+    def json(self, *args: str, address: str | None = None) -> object:
+        return json.loads(self.cli(*args, "--json", address=address).stdout)
 
 
 @pytest.fixture

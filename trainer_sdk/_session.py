@@ -133,6 +133,13 @@ class Session:
         return self._transport.dropped
 
     @property
+    def flush_interval(self) -> float:
+        """Seconds between metric batches in a steady stream: ``connect``'s, or the supervisor's pacing if longer."""
+        if self._transport is None:
+            return 0.0
+        return self._transport.flush_interval
+
+    @property
     def specs(self) -> Mapping[str, Param]:
         return dict(self._state.params)
 
@@ -269,7 +276,9 @@ def connect(
     string: no bounds). ``telemetry`` samples GPU (or host) usage every 5 s,
     or every ``telemetry`` seconds if a number is given. Metric points go to
     the supervisor at most every ``flush_interval`` seconds in a steady stream
-    (at once after a quiet spell); acknowledgements of changes go at once.
+    (at once after a quiet spell), or less often when the supervisor asks for
+    it (it paces its trainers as their number grows; ``hp.flush_interval``
+    says what is in force); acknowledgements of changes go at once.
     """
     if not isinstance(run, str) or not run.strip() or len(run) > 200 or not run.isprintable():
         raise ValueError(f"run must be a non-empty printable name of at most 200 characters, got {run!r}")
@@ -294,6 +303,11 @@ def connect(
     object.__setattr__(session, "_state", state)
     object.__setattr__(session, "__dict__", values)
     address = address or os.environ.get("SUPERVISOR_ADDR") or None
+    if address is not None and address.lower().startswith(("http://", "https://")):
+        raise ValueError(
+            f"supervisor address {address!r} is the HTTP gateway for operators' commands; a trainer needs the "
+            "supervisor's gRPC address, HOST:PORT (the `listening on` line of `supervisor serve`)"
+        )
     if address is None:
         log.warning("no supervisor address (address= or $SUPERVISOR_ADDR): run %r uses its defaults offline", run)
         object.__setattr__(session, "_transport", None)

@@ -79,7 +79,8 @@ class Transport:
         self.state = state
         self.address = address
         self.session_id = session_id
-        self.flush_interval = flush_interval
+        self.requested_flush_interval = flush_interval
+        self.paced_flush_interval = 0.0  # the supervisor's bound (Pacing), 0 until it sends one
         self.backoff = Backoff(maximum=backoff_max)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.connected = threading.Event()
@@ -102,6 +103,11 @@ class Transport:
         self._pump.start()
 
     # -- public views ----------------------------------------------------------------
+
+    @property
+    def flush_interval(self) -> float:
+        """Seconds between metric batches in a steady stream: the session's, or the supervisor's if longer."""
+        return max(self.requested_flush_interval, self.paced_flush_interval)
 
     @property
     def dropped(self) -> int:
@@ -277,6 +283,8 @@ class Transport:
                         self._on_delta(response.delta)
                     elif kind == "metrics_ack":
                         self._on_metrics_ack(response.metrics_ack.seq)
+                    elif kind == "pacing":
+                        self._on_pacing(response.pacing)
             except grpc.RpcError as exc:
                 if self.stopping.is_set():
                     break
@@ -350,6 +358,15 @@ class Transport:
                 time=message.time,
             )
         )
+
+    def _on_pacing(self, pacing: pb.Pacing) -> None:
+        interval = pacing.min_flush_interval_seconds
+        if interval != interval or interval < 0 or interval > 3600:
+            log.warning("ignoring the supervisor's pacing of %r s between metric batches", interval)
+            return
+        if interval != self.paced_flush_interval:
+            log.debug("the supervisor asks for metric batches at most every %.3g s", interval)
+        self.paced_flush_interval = interval
 
     def _on_metrics_ack(self, seq: int) -> None:
         with self._send_lock:

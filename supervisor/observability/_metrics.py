@@ -25,7 +25,7 @@ import platform
 import re
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,6 +226,7 @@ class SupervisorMetrics:
         self._errors: dict[str, int] = dict.fromkeys(KNOWN_ERROR_KINDS, 0)
         self._warned: set[str] = set()
         self._build = _build_labels()
+        self._pacing = 0.0
         self._http: Any = None
         self.registry.register(_Collector(self))
 
@@ -375,16 +376,23 @@ class SupervisorMetrics:
             key = (policy, kind)
             self._decisions[key] = self._decisions.get(key, 0) + 1
 
+    def observe_policy_seconds_many(self, timings: Iterable[tuple[str, float]]) -> None:
+        """``observe_policy_seconds`` for many (policy, seconds) at once: one lock for a batch of points."""
+        with self._lock:
+            for policy, seconds in timings:
+                policy = self._policy(policy)
+                histogram = self._policy_seconds.get(policy)
+                if histogram is None:
+                    histogram = self._policy_seconds[policy] = _Histogram(POLICY_SECONDS_BUCKETS)
+                histogram.observe(seconds if seconds >= 0 else 0.0)
+
     def observe_policy_seconds(self, policy: str, seconds: float) -> None:
         """How long one evaluation of ``policy`` took."""
-        if not seconds >= 0:
-            seconds = 0.0
-        with self._lock:
-            policy = self._policy(policy)
-            histogram = self._policy_seconds.get(policy)
-            if histogram is None:
-                histogram = self._policy_seconds[policy] = _Histogram(POLICY_SECONDS_BUCKETS)
-            histogram.observe(seconds)
+        self.observe_policy_seconds_many([(policy, seconds)])
+
+    def set_pacing(self, seconds: float) -> None:
+        """The interval between metric batches the supervisor asks of each trainer (see Supervisor.pacing)."""
+        self._pacing = float(seconds)
 
     def record_error(self, kind: str) -> None:
         """One error of ``kind``, a short snake_case word.
@@ -453,6 +461,11 @@ class SupervisorMetrics:
             errors = dict(self._errors)
 
         yield InfoMetricFamily("supervisor_build", "Version of the supervisor, Python and gRPC.", value=self._build)
+        yield GaugeMetricFamily(
+            "supervisor_trainer_flush_interval_seconds",
+            "Seconds each trainer leaves between metric batches at least, as the supervisor asks (grows with trainers).",
+            value=self._pacing,
+        )
 
         param_value = GaugeMetricFamily(
             "supervisor_param_value",
@@ -542,6 +555,7 @@ class _Collector:
         # Names only, for the registry's duplicate check; no samples.
         return [
             InfoMetricFamily("supervisor_build", ""),
+            GaugeMetricFamily("supervisor_trainer_flush_interval_seconds", ""),
             GaugeMetricFamily("supervisor_param_value", ""),
             CounterMetricFamily("supervisor_param_changes", ""),
             GaugeMetricFamily("supervisor_param_last_change_timestamp_seconds", ""),

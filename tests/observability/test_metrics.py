@@ -18,6 +18,7 @@ ALLOWED_LABELS = {"run", "param", "metric", "policy", "source", "kind", "le"}
 
 FAMILIES = {
     "supervisor_build_info": "gauge",
+    "supervisor_trainer_flush_interval_seconds": "gauge",
     "supervisor_param_value": "gauge",
     "supervisor_param_changes": "counter",
     "supervisor_param_last_change_timestamp_seconds": "gauge",

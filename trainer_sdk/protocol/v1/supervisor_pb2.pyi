@@ -181,14 +181,22 @@ class Goodbye(_message.Message):
     def __init__(self, outcome: _Optional[_Union[RunOutcome, str]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "delta", "metrics_ack")
+    __slots__ = ("welcome", "delta", "metrics_ack", "pacing")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
+    PACING_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     delta: Delta
     metrics_ack: MetricsAck
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ...) -> None: ...
+    pacing: Pacing
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., pacing: _Optional[_Union[Pacing, _Mapping]] = ...) -> None: ...
+
+class Pacing(_message.Message):
+    __slots__ = ("min_flush_interval_seconds",)
+    MIN_FLUSH_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    min_flush_interval_seconds: float
+    def __init__(self, min_flush_interval_seconds: _Optional[float] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("version", "last_seq", "adopted")
