@@ -3,7 +3,10 @@
 For each size N, a fresh supervisor subprocess (with the ``plateau`` policy on
 every ``scale-*`` run, and the bench's KickPolicy on the probe run) and
 load-generator processes (bench/_loadgen.py, up to 250 raw gRPC streams each)
-that report 10 values per point at 10 points/s per stream. After a warm-up,
+that report 10 values per point at 10 points/s per stream, batched as the SDK
+batches: at most every ``flush_interval`` (0.25 s), or every interval the
+supervisor's Pacing asks for when that is longer (streams / 1000 s by default:
+1 s at 1000 streams). After a warm-up,
 over a measurement window:
 
 * stored values/s: MetricsAck'ed points summed over streams (the supervisor
@@ -79,9 +82,6 @@ runs = "probe-kick"
 
 
 def _sdk_flush_interval() -> float:
-    import os
-    if os.environ.get("BENCH_FLUSH"):
-        return float(os.environ["BENCH_FLUSH"])
     """The SDK's default flush_interval: the load generators batch as a session with defaults does."""
     import inspect
 

@@ -37,6 +37,16 @@ class UsageError(Exception):
     pass
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser(argv[0] if argv and argv[0] in COMMANDS else None)
@@ -136,6 +146,13 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--config", default=None, help="policies file (TOML)")
         p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics here (0: a free port)")
         p.add_argument("--metrics-host", default=None, help="address for /metrics (default: --host)")
+        p.add_argument(
+            "--max-metric-messages",
+            type=_positive_float,
+            default=1000.0,
+            help="metric batches per second over all trainers (default 1000): each trainer is asked to send at "
+            "most every (trainers / this) seconds, so the load stays bounded as trainers are added",
+        )
         p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
         )
@@ -266,6 +283,7 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
+        max_metric_messages=args.max_metric_messages,
         policy_config=None if args.config is None else Path(args.config),
     )
     try:

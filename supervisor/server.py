@@ -47,6 +47,8 @@ class ServerConfig:
     metrics_host: str | None = None
     metrics_port: int | None = None
     policy_config: Path | None = None
+    max_metric_messages: float = 1000.0
+    """Metric batches per second over all trainers; the supervisor paces trainers to stay under it."""
     http_port: int | None = None
     """The operator HTTP/JSON gateway's port on ``host`` (0: a free one); None: no gateway."""
     http_optional: bool = False
@@ -89,7 +91,7 @@ class SupervisorServer:
             from supervisor.observability import SupervisorMetrics
 
             self.metrics = SupervisorMetrics()
-        self.core = Supervisor(self.db, metrics=self.metrics)
+        self.core = Supervisor(self.db, metrics=self.metrics, max_metric_messages=config.max_metric_messages)
         self.policy_host: Any = None
         if config.policy_config is not None:
             from supervisor.policy_host import PolicyHost
