@@ -165,7 +165,8 @@ def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> 
 # -- a supervisor subprocess --------------------------------------------------------------------------
 
 class SupervisorProcess:
-    """``python -m supervisor serve --port 0`` on a fresh database; ``address`` once it listens."""
+    """``python -m supervisor serve --port 0`` on a fresh database; ``address`` once it listens, and
+    ``http_address``, its operator HTTP gateway (``http://HOST:PORT``)."""
 
     def __init__(self, *, config: Path | None = None, workdir: Path | None = None, log_level: str = "WARNING",
                  extra_env: dict[str, str] | None = None) -> None:
@@ -182,6 +183,7 @@ class SupervisorProcess:
         self.log_path = self.workdir / "supervisor.log"
         self._log = open(self.log_path, "w")
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self._log, text=True)
+        self.http_address = ""
         self.address = self._wait_listening()
         # keep draining stdout so the server never blocks on a full pipe
         threading.Thread(target=self._drain, daemon=True).start()
@@ -195,6 +197,8 @@ class SupervisorProcess:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"supervisor exited: {self.log_path.read_text()[-2000:]}")
                 continue
+            if line.startswith("http gateway on "):  # printed just before the listening line
+                self.http_address = line.split()[-1]
             if line.startswith("listening on "):
                 return line.split("listening on ", 1)[1].strip()
         raise RuntimeError("supervisor did not print 'listening on' in time")
