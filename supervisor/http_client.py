@@ -98,7 +98,7 @@ class HttpOperatorClient:
             f"POST /v1/{method} HTTP/1.1\r\nHost: {host}:{self.port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n{self._auth}Connection: close\r\n\r\n"
         )
-        status, payload = self._exchange(head.encode("latin-1") + body, timeout)
+        status, payload = self._exchange(head.encode() + body, timeout)
         try:
             answer = json.loads(payload)
         except ValueError:
