@@ -92,14 +92,14 @@ class _Abort(Exception):
 
 
 class _HttpError(Exception):
-    """A request the gateway cannot take; ``close`` when the connection's framing can no longer be trusted."""
+    """A request the gateway cannot take. Raised while reading, it ends the connection (its framing can no
+    longer be trusted); raised while dispatching a complete request, the connection stays open."""
 
-    def __init__(self, status: int, code: str, message: str, *, close: bool = True) -> None:
+    def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
-        self.close = close
 
 
 class _Context:
@@ -298,10 +298,9 @@ class HttpGateway:
                 404,
                 "UNIMPLEMENTED",
                 f"no method at {request.path!r}: POST one of " + ", ".join(f"/v1/{n}" for n in self.methods),
-                close=False,
             )
         if request.verb != "POST":
-            raise _HttpError(405, "UNIMPLEMENTED", f"{request.path} takes POST, not {request.verb}", close=False)
+            raise _HttpError(405, "UNIMPLEMENTED", f"{request.path} takes POST, not {request.verb}")
         return method
 
     def _authenticate(self, request: _Request) -> None:
@@ -309,31 +308,27 @@ class HttpGateway:
             return
         supplied = request.headers.get("authorization", "").encode("latin-1")
         if not hmac.compare_digest(supplied, self._expected):
-            raise _HttpError(401, "UNAUTHENTICATED", UNAUTHENTICATED_DETAILS, close=False)
+            raise _HttpError(401, "UNAUTHENTICATED", UNAUTHENTICATED_DETAILS)
 
     @staticmethod
     def _parse(method: _Method, body: bytes) -> Message:
         what = method.request.DESCRIPTOR.name
         try:
             data = json.loads(body) if body.strip() else {}
-        except (UnicodeDecodeError, ValueError) as exc:
+        except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
             raise _HttpError(
-                400,
-                "INVALID_ARGUMENT",
-                f"the body is not valid JSON ({exc}): send the proto3 JSON form of {what}",
-                close=False,
+                400, "INVALID_ARGUMENT", f"the body is not valid JSON ({exc}): send the proto3 JSON form of {what}"
             ) from None
         if not isinstance(data, dict):
             raise _HttpError(
                 400,
                 "INVALID_ARGUMENT",
                 f"the body must be a JSON object (the proto3 JSON form of {what}), not a {type(data).__name__}",
-                close=False,
             )
         try:
             return json_format.ParseDict(data, method.request())
         except json_format.ParseError as exc:
-            raise _HttpError(400, "INVALID_ARGUMENT", f"bad {what}: {exc}", close=False) from None
+            raise _HttpError(400, "INVALID_ARGUMENT", f"bad {what}: {exc}") from None
 
     @staticmethod
     async def _send(writer: asyncio.StreamWriter, status: int, payload: dict[str, Any], *, close: bool) -> None:
