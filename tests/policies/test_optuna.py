@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import optuna
 import pytest
@@ -9,7 +8,6 @@ import pytest
 from policies import (
     InMemoryRun,
     MetricPoint,
-    OptunaInRunPolicy,
     OptunaPolicy,
     ParamSpec,
     PolicyConfigError,
@@ -17,7 +15,7 @@ from policies import (
     parse_config,
 )
 
-from .helpers import Driver, kinds
+from .helpers import kinds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -175,74 +173,3 @@ def test_options_are_validated(options, message):
 @pytest.mark.parametrize("pruner", ["percentile", "hyperband", "successive_halving", "none"])
 def test_every_pruner_can_be_built(pruner):
     assert OptunaPolicy(metric="m", pruner=pruner)._make_pruner() is not None
-
-
-# -- in-run ------------------------------------------------------------------------------
-
-
-def power_law(step, b, a=3.0):
-    return a * (step + 1.0) ** -b
-
-
-def test_in_run_objective_does_not_depend_on_when_the_segment_ran():
-    early = [(s, power_law(s, 0.5)) for s in range(20, 120)]
-    late = [(s, power_law(s, 0.5)) for s in range(5000, 5100)]
-    faster = [(s, power_law(s, 0.7)) for s in range(5000, 5100)]
-    objective = OptunaInRunPolicy.objective
-    assert objective(early) == pytest.approx(-0.5) and objective(late) == pytest.approx(-0.5)
-    assert objective(faster) < objective(early)
-    # The naive objective (improvement per step) would prefer the early, slower segment.
-    naive = lambda pts: (pts[0][1] - pts[-1][1]) / (pts[-1][0] - pts[0][0])  # noqa: E731
-    assert naive(early) > naive(faster)
-    assert objective([(1, 1.0)]) is None and objective([(1, 1.0), (1, 2.0)]) is None
-
-
-def test_in_run_segments_search_and_restore():
-    specs = {"lr": ParamSpec(name="lr", kind="float", default=0.1, min=1e-3, max=1.0, log=True)}
-
-    def make():
-        return OptunaInRunPolicy(metric="loss", segment_steps=20, settle_steps=5, seed=3)
-
-    def loss(step, lr):  # faster progress the closer lr is to 0.05
-        return power_law(step, 0.8 - 0.3 * abs(math.log10(lr) - math.log10(0.05)))
-
-    policy = make()
-    driver = Driver(policy, {"lr": 0.1}, specs=specs)
-    assert driver.start() == []  # segment 0 measures the current params (enqueued)
-    for step in range(1, 101):
-        driver.feed({"loss": loss(step, driver.run.params["lr"])}, step=step)
-    changes = [o for o in driver.outcomes if o.kind == "apply"]
-    assert [o.step for o in changes] == [20, 40, 60, 80, 100]
-    assert changes[0].reason == "optuna in-run segment 1 (trial 1)"
-    values = [h["value"] for h in policy.history]
-    assert len(values) == 5 and values[0] == pytest.approx(-(0.8 - 0.3 * math.log10(2)), rel=1e-6)
-    assert policy.history[0]["params"] == {"lr": 0.1}
-
-    state = json.loads(json.dumps(policy.state_dict(), allow_nan=False))
-    restored = make()
-    restored.load_state_dict(state)
-    second = Driver(restored, {"lr": driver.run.params["lr"]}, specs=specs)
-    for step in range(101, 141):
-        second.feed({"loss": loss(step, second.run.params["lr"])}, step=step)
-    assert len(restored.history) == 7
-    assert len(restored._study.trials) == 8  # 5 rebuilt + 2 finished + 1 running
-    second.feed({"loss": math.nan}, step=141)
-    restored.on_run_end(second.run, outcome="completed", now=0.0)
-    assert restored.history[-1]["value"] is None  # a non-finite segment is a failed trial
-
-
-@pytest.mark.parametrize(
-    ("options", "message"),
-    [
-        ({"segment_steps": 1}, "optuna_in_run: segment_steps must be >= 2 but got 1"),
-        ({"segment_steps": 10, "settle_steps": 10}, "optuna_in_run: settle_steps must be < segment_steps (10)"),
-        (
-            {"segment_steps": 10, "storage": "sqlite:///x.db"},
-            "optuna_in_run: study_name must be set when storage is set",
-        ),
-    ],
-)
-def test_in_run_options_are_validated(options, message):
-    with pytest.raises(PolicyConfigError) as info:
-        OptunaInRunPolicy(metric="loss", **options)
-    assert message in str(info.value)
