@@ -61,6 +61,9 @@ class TorchPlateauParams:
     def triggered(self, name: str) -> bool:
         return False
 
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 

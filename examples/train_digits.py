@@ -69,6 +69,9 @@ class Constants:
     def triggered(self, name: str) -> bool:
         return False
 
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
     def close(self) -> None:
         pass
 
