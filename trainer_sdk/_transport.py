@@ -38,6 +38,7 @@ log = logging.getLogger("trainer_sdk")
 
 MAX_POINTS_PER_MESSAGE = 512
 _CLOSE = object()
+_METRICS = object()  # in the outbox: "build a metrics batch of what is unsent"
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
@@ -91,6 +92,7 @@ class Transport:
         self._seq = itertools.count(1)
         self._unacked: deque[tuple[int, int, float, dict[str, float]]] = deque()
         self._sent_seq = 0
+        self._metrics_queued = False  # a _METRICS token waits in the outbox
         self._dropped = 0
         self._warned_metrics: set[str] = set()
         self._goodbye: pb.Goodbye | None = None
@@ -218,17 +220,9 @@ class Transport:
                 ack = state.acks.popleft()
                 outbox.put(pb.ConnectRequest(applied=pb.Applied(version=ack.version, step=ack.step, time=ack.time)))
             unacked = self._unacked
-            if unacked:
-                start = max(0, self._sent_seq + 1 - unacked[0][0])
-                batch: list[tuple[int, int, float, dict[str, float]]] = []
-                for point in itertools.islice(unacked, start, None):
-                    batch.append(point)
-                    if len(batch) == MAX_POINTS_PER_MESSAGE:
-                        outbox.put(self._batch(batch))
-                        batch = []
-                if batch:
-                    outbox.put(self._batch(batch))
-                self._sent_seq = unacked[-1][0]
+            if unacked and unacked[-1][0] > self._sent_seq and not self._metrics_queued:
+                self._metrics_queued = True
+                outbox.put(_METRICS)  # the sender builds the batch when gRPC can take it
             if self._goodbye is not None and not state.queue:
                 outbox.put(pb.ConnectRequest(goodbye=self._goodbye))
                 self._goodbye = None
@@ -334,7 +328,32 @@ class Transport:
             )
         )
         while (message := outbox.get()) is not _CLOSE:
-            yield message
+            if message is _METRICS:
+                yield from self._unsent_batches(outbox)
+            else:
+                yield message
+
+    def _unsent_batches(self, outbox: queue.SimpleQueue[Any]) -> list[pb.ConnectRequest]:
+        """Every point not yet sent, as batches, built now that gRPC asks for the next message.
+
+        At most one metrics message waits in the outbox: points reported while
+        it waits join the next one. The batch size follows what the connection
+        and this process's GIL can carry, and the queue of messages built but
+        not sent can never grow (a trainer that flushes every millisecond while
+        its threads are starved would otherwise queue a message per point).
+        """
+        with self._send_lock:
+            self._metrics_queued = False
+            unacked = self._unacked
+            if outbox is not self._outbox or not unacked:
+                return []
+            start = max(0, self._sent_seq + 1 - unacked[0][0])
+            points = list(itertools.islice(unacked, start, None))
+            if points:
+                self._sent_seq = points[-1][0]
+        return [
+            self._batch(points[i : i + MAX_POINTS_PER_MESSAGE]) for i in range(0, len(points), MAX_POINTS_PER_MESSAGE)
+        ]
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
         with self._send_lock:
@@ -343,6 +362,7 @@ class Transport:
                 unacked.popleft()
             self._sent_seq = welcome.last_seq  # resend everything after it
             self._outbox = outbox
+            self._metrics_queued = False  # the old outbox, and any token in it, is gone
         self.connected.set()
         self.state.poke()
 

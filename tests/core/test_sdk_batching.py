@@ -1,0 +1,51 @@
+"""The SDK's sender takes metrics as fast as gRPC can carry them, never faster: its queue cannot grow."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+from trainer_sdk import Float
+from trainer_sdk._state import SessionState
+from trainer_sdk._transport import _METRICS, Transport
+
+
+def _transport(buffer_size: int = 5000) -> Transport:
+    state = SessionState(
+        run="r", rank=0, world_size=1, params={"lr": Float(0.1)}, values={"lr": 0.1}, buffer_size=buffer_size
+    )
+    transport = Transport(state, address="127.0.0.1:1", session_id="s", token=None, flush_interval=0.0,
+                          backoff_max=1.0)
+    transport._outbox = queue.SimpleQueue()
+    return transport
+
+
+def test_points_reported_while_a_batch_waits_for_grpc_join_the_next_batch() -> None:
+    transport = _transport()
+    outbox = transport._outbox
+    for step in range(1, 6):  # five pump rounds while gRPC is busy: one token, not five messages
+        transport.state.queue.append((step, time.time(), {"loss": float(step)}))
+        transport._drain()
+        transport._send()
+    assert outbox.qsize() == 1 and outbox.get() is _METRICS
+    (batch,) = transport._unsent_batches(outbox)  # gRPC is ready: everything unsent goes at once
+    assert batch.metrics.first_seq == 1 and list(batch.metrics.steps) == [1, 2, 3, 4, 5]
+    assert transport._unsent_batches(outbox) == []  # nothing is sent twice
+
+    transport.state.queue.append((6, time.time(), {"loss": 6.0}))
+    transport._drain()
+    transport._send()
+    assert outbox.get() is _METRICS
+    (batch,) = transport._unsent_batches(outbox)
+    assert batch.metrics.first_seq == 6 and list(batch.metrics.values) == [6.0]
+
+
+def test_a_long_backlog_goes_in_messages_of_at_most_512_points() -> None:
+    transport = _transport()
+    for step in range(1, 1201):
+        transport.state.queue.append((step, time.time(), {"loss": 1.0}))
+    transport._drain()
+    transport._send()
+    batches = transport._unsent_batches(transport._outbox)
+    assert [len(b.metrics.steps) for b in batches] == [512, 512, 176]
+    assert [b.metrics.first_seq for b in batches] == [1, 513, 1025]
