@@ -10,13 +10,21 @@ import argparse
 import json
 import math
 import sys
+import threading
 import time
 
 from trainer_sdk import Float, connect
 
 
+_EMIT_LOCK = threading.Lock()
+
+
 def emit(**event: object) -> None:
-    print(json.dumps(event), flush=True)
+    """One JSON line per event; on_change callbacks run on another thread, so lines must not interleave."""
+    line = json.dumps(event) + "\n"
+    with _EMIT_LOCK:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 def main() -> int:
