@@ -22,6 +22,7 @@ import os
 import queue
 import random
 import socket
+import sys
 import threading
 import time
 from collections import deque
@@ -163,23 +164,33 @@ class Transport:
 
     def _drain(self) -> None:
         popleft = self.state.queue.popleft
+        torch = sys.modules.get("torch")  # tensors exist only if the trainer imported torch
+        tensor_type = torch.Tensor if torch is not None else ()
+        tensors: list[tuple[dict[str, float], str, Any]] = []
         converted = []
         while True:
             try:
                 step, when, metrics = popleft()
             except IndexError:
                 break
-            values = {}
+            values: dict[str, float] = {}
             for name, value in metrics.items():
-                # Plain floats are the common case; anything else (ints, numpy
-                # scalars, 0-d tensors whose .item() runs here, off the training
-                # thread) takes the slow path.
-                number = value if type(value) is float else self._to_float(name, value)
+                # Plain floats are the common case. Tensors are converted together
+                # below; anything else (ints, numpy scalars) takes the slow path.
+                if type(value) is float:
+                    number: float | None = value
+                elif isinstance(value, tensor_type):
+                    tensors.append((values, name, value))
+                    continue
+                else:
+                    number = self._to_float(name, value)
                 if number is not None:
                     if number - number != 0.0:  # NaN or an infinity
                         self._non_finite(name, number)
                     values[name] = number
             converted.append((next(self._seq), int(step), when, values))
+        if tensors:
+            self._tensors_to_floats(torch, tensors)
         if not converted:
             return
         unacked = self._unacked
@@ -189,6 +200,30 @@ class Transport:
             while len(unacked) > capacity:
                 unacked.popleft()
                 self._dropped += 1
+
+    def _tensors_to_floats(self, torch: Any, tensors: list[tuple[dict[str, float], str, Any]]) -> None:
+        """Convert a drain's 0-d tensors with one torch call per device, not one ``.item()`` each.
+
+        Every torch call releases and retakes the GIL; one per tensor, on this
+        thread, made the training thread wait for the GIL after its own torch
+        calls hundreds of times a second. A CUDA tensor syncs here, off the
+        training thread, once per device and drain.
+        """
+        by_device: dict[Any, list[tuple[dict[str, float], str, Any]]] = {}
+        for item in tensors:
+            by_device.setdefault(item[2].device, []).append(item)
+        for items in by_device.values():
+            try:
+                numbers = torch.stack([t for _, _, t in items]).double().tolist()
+            except (RuntimeError, TypeError, ValueError):  # shapes or dtypes that do not stack
+                numbers = [self._to_float(name, t) for _, name, t in items]
+            for (values, name, _), number in zip(items, numbers, strict=True):
+                if not isinstance(number, float):
+                    number = self._to_float(name, number)  # a tensor of several elements stacks to a list
+                if number is not None:
+                    if number - number != 0.0:
+                        self._non_finite(name, number)
+                    values[name] = number
 
     def _non_finite(self, name: str, number: float) -> None:
         if ("nf:" + name) not in self._warned_metrics:

@@ -49,3 +49,24 @@ def test_a_long_backlog_goes_in_messages_of_at_most_512_points() -> None:
     batches = transport._unsent_batches(transport._outbox)
     assert [len(b.metrics.steps) for b in batches] == [512, 512, 176]
     assert [b.metrics.first_seq for b in batches] == [1, 513, 1025]
+
+
+def test_tensors_are_converted_together_whatever_their_dtype_and_shape() -> None:
+    import math
+
+    import torch
+
+    transport = _transport()
+    transport.state.queue.append((1, time.time(), {
+        "loss": torch.tensor(0.5), "acc": torch.tensor(0.25, dtype=torch.float64), "count": torch.tensor(3),
+        "one": torch.tensor([2.0]), "many": torch.tensor([1.0, 2.0]), "bad": torch.tensor(float("nan")),
+        "plain": 1.5,
+    }))
+    transport.state.queue.append((2, time.time(), {"loss": torch.tensor(0.25)}))
+    transport._drain()
+    (_, _, _, first), (_, _, _, second) = transport._unacked
+    assert {k: v for k, v in first.items() if k != "bad"} == {
+        "loss": 0.5, "acc": 0.25, "count": 3.0, "one": 2.0, "plain": 1.5,
+    }
+    assert math.isnan(first["bad"]) and "many" not in first  # several elements: not a number, dropped
+    assert second == {"loss": 0.25} and all(type(v) is float for v in (*first.values(), *second.values()))
