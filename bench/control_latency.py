@@ -43,6 +43,7 @@ import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._common import PYTHON, ROOT, Result, SupervisorProcess, rel, summary
+from trainer_sdk import DEFAULT_FLUSH_INTERVAL
 
 CLI_TARGET_MS = 34.0  # LiveTune's `tune` median, quoted (not measured here)
 API_TARGET_RATIO = 2.0
@@ -104,14 +105,6 @@ class Poller(threading.Thread):
 def _values(n: int, base: float) -> list[float]:
     # distinct consecutive values inside the declared bounds
     return [round(base * (1 + (i % 89) / 100 + (i // 89) * 1e-4), 9) for i in range(n)]
-
-
-def _sdk_flush_interval() -> float:
-    import inspect
-
-    from trainer_sdk import connect
-
-    return float(inspect.signature(connect).parameters["flush_interval"].default)
 
 
 def _health(stub: Any) -> float:
@@ -303,11 +296,11 @@ def run(quick: bool, out: Path | None = None) -> Result:
         result.row(f"[{label}] (d) report -> policy -> visible, steady stream, p50 / p99",
                    f"{pol['p50']:.2f} / {pol['p99']:.2f}",
                    "ms", note=f"{pol['n']} kicks; {pol['p50'] / hc['p50']:.1f}x the round trip; SDK flush_interval "
-                              f"{_sdk_flush_interval():g} s (default); includes the SDK's batching, the ingest group "
+                              f"{DEFAULT_FLUSH_INTERVAL:g} s (default); includes the SDK's batching, the ingest group "
                               "commit, the policy lane and the change's durable commit")
         fast = summary(d["policy_fast_ms"])
         result.row(f"[{label}] (d) same, SDK flush_interval 1 ms p50 / p99", f"{fast['p50']:.2f} / {fast['p99']:.2f}",
-                   "ms", note=f"the default flush_interval ({_sdk_flush_interval():g} s) batches a steady stream's "
+                   "ms", note=f"the default flush_interval ({DEFAULT_FLUSH_INTERVAL:g} s) batches a steady stream's "
                               "points: a point waits for the next flush")
         dec, app = summary(d["policy_report_to_decision_ms"]), summary(d["policy_decision_to_applied_ms"])
         result.row(f"[{label}] (d) split: report -> decision recorded p50 / p99",

@@ -56,6 +56,7 @@ from bench._common import (
     thread_cpu_seconds,
 )
 from bench.control_latency import Poller
+from trainer_sdk import DEFAULT_FLUSH_INTERVAL
 
 VALUES_PER_POINT = 10
 RATE = 10.0
@@ -79,15 +80,6 @@ id = "kick"
 type = "bench.kick_policy:KickPolicy"
 runs = "probe-kick"
 """
-
-
-def _sdk_flush_interval() -> float:
-    """The SDK's default flush_interval: the load generators batch as a session with defaults does."""
-    import inspect
-
-    from trainer_sdk import connect
-
-    return float(inspect.signature(connect).parameters["flush_interval"].default)
 
 
 def _processes(n: int) -> list[tuple[int, int]]:
@@ -175,7 +167,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     res: dict[str, Any] = {"streams": n, "plateau": plateau}
     with SupervisorProcess(config=config, workdir=workdir) as sup:
         duration = warmup + window + 2
-        flush = _sdk_flush_interval()
+        flush = DEFAULT_FLUSH_INTERVAL
         gens = []
         for first, count in _processes(n):
             stats = workdir / f"loadgen-{first}.json"
@@ -251,7 +243,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         loadgen_errors=[e for g in gen_stats for e in g["errors"]][:10],
         loadgen_processes=len(gens),
         messages_s=_rate_in_window(gen_stats, "messages", wall0, wall1),
-        flush_interval_s=_sdk_flush_interval(),
+        flush_interval_s=DEFAULT_FLUSH_INTERVAL,
         paced_s=[min(g["paced_s"][0] for g in gen_stats), max(g["paced_s"][1] for g in gen_stats)],
         backlog_points_end=sum(g["sent"] - g["acked"] for g in gen_stats),
     )
@@ -356,8 +348,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    note=f"offered {r['offered_values_s']:,.0f}, sent {r['sent_values_s']:,.0f}, supervisor received "
                         f"{r['received_values_s']:,.0f}; {r['stored_values_s'] / r['offered_values_s']:.0%} of offered;"
                         f" unacked at the end {r['backlog_points_end']:,} points; {r['messages_s']:,.0f} messages/s "
-                        f"(SDK flush_interval {r['flush_interval_s']:g} s, supervisor's pacing {r['paced_s'][1]:.3g} s); {r['loadgen_processes']} load "
-                        f"processes; all {n} streams connected in {r['connect_all_s']:.1f} s")
+                        f"(SDK flush_interval {r['flush_interval_s']:g} s, supervisor's pacing "
+                        f"{r['paced_s'][1]:.3g} s); {r['loadgen_processes']} load processes; "
+                        f"all {n} streams connected in {r['connect_all_s']:.1f} s")
         result.row(f"{label}: control latency under load p50 / p99 (API set -> visible)",
                    f"{api.get('p50', float('nan')):.1f} / {api.get('p99', float('nan')):.1f}", "ms",
                    target=f"p99 < {TARGET_P99_MS:g} ms" if r["plateau"] else "",

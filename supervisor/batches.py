@@ -51,14 +51,15 @@ class MetricColumns:
 
     def latest(self) -> dict[str, float]:
         """Each metric's last value in the batch."""
-        return dict(zip(map(self.names.__getitem__, self.name_indexes), self.values))
+        return dict(zip(map(self.names.__getitem__, self.name_indexes), self.values, strict=True))
 
     def points(self) -> Iterator[tuple[int, int, float, dict[str, float]]]:
         """(seq, step, time, {name: value}) per point, for policies."""
         names = map(self.names.__getitem__, self.name_indexes)
         values = iter(self.values)
         for seq, step, when, count in zip(self.seqs, self.steps, self.times, self.counts, strict=True):
-            yield seq, step, when, dict(zip(itertools.islice(names, count), itertools.islice(values, count)))
+            point = zip(itertools.islice(names, count), itertools.islice(values, count), strict=True)
+            yield seq, step, when, dict(point)
 
     # -- storage: one row of packed arrays per batch ------------------------------------------
 

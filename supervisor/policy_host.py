@@ -145,8 +145,11 @@ class _Series:
 
     def last(self, n: int | None) -> list[tuple[int, float]]:
         head = self._head
-        pairs = list(zip(self._steps[head:] + self._steps[:head], self._values[head:] + self._values[:head]))
-        return pairs if n is None else pairs[-n:] if n > 0 else []
+        steps = self._steps[head:] + self._steps[:head]
+        values = self._values[head:] + self._values[:head]
+        if n is not None:  # cut before pairing: only the pairs asked for become tuples
+            steps, values = (steps[-n:], values[-n:]) if n > 0 else (steps[:0], values[:0])
+        return list(zip(steps, values, strict=True))
 
 
 class _Progress:

@@ -25,7 +25,6 @@ from typing import Any, TypeVar
 
 from supervisor.batches import MetricColumns
 
-
 SCHEMA_VERSION = 2
 _BATCH_COLUMNS = (
     "run_id, session, rank, first_seq, last_seq, last_step, last_time, points, dropped,"

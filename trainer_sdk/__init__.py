@@ -13,13 +13,14 @@ The SDK needs only grpcio and protobuf; it imports neither torch nor the supervi
 """
 
 from trainer_sdk._params import Bool, Choice, Float, Int, InvalidValue, Param, Text
-from trainer_sdk._session import DEFAULT_BUFFER_SIZE, Session, connect
+from trainer_sdk._session import DEFAULT_BUFFER_SIZE, DEFAULT_FLUSH_INTERVAL, Session, connect
 from trainer_sdk._state import ChangeEvent
 
 __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_BUFFER_SIZE",
+    "DEFAULT_FLUSH_INTERVAL",
     "Bool",
     "ChangeEvent",
     "Choice",

@@ -18,6 +18,8 @@ from trainer_sdk._state import ChangeEvent, SessionState
 log = logging.getLogger("trainer_sdk")
 
 DEFAULT_BUFFER_SIZE = 65_536
+DEFAULT_FLUSH_INTERVAL = 0.25
+"""Seconds between metric batches in a steady stream, unless the supervisor paces for longer."""
 """Metric points a session holds until the supervisor has stored them; past it the oldest are dropped."""
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
@@ -262,7 +264,7 @@ def connect(
     world_size: int | None = None,
     token: str | None = None,
     buffer_size: int = DEFAULT_BUFFER_SIZE,
-    flush_interval: float = 0.25,
+    flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     backoff_max: float = 5.0,
     telemetry: bool | float = True,
 ) -> Session:

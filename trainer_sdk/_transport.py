@@ -175,19 +175,16 @@ class Transport:
                 break
             values: dict[str, float] = {}
             for name, value in metrics.items():
-                # Plain floats are the common case. Tensors are converted together
-                # below; anything else (ints, numpy scalars) takes the slow path.
+                # Floats inline (this loop runs for every value); tensors are converted
+                # together below; anything else (ints, numpy scalars) takes the slow path.
                 if type(value) is float:
-                    number: float | None = value
+                    if value - value != 0.0:  # NaN or an infinity
+                        self._non_finite(name, value)
+                    values[name] = value
                 elif isinstance(value, tensor_type):
                     tensors.append((values, name, value))
-                    continue
                 else:
-                    number = self._to_float(name, value)
-                if number is not None:
-                    if number - number != 0.0:  # NaN or an infinity
-                        self._non_finite(name, number)
-                    values[name] = number
+                    self._keep(values, name, self._to_float(name, value))
             converted.append((next(self._seq), int(step), when, values))
         if tensors:
             self._tensors_to_floats(torch, tensors)
@@ -215,15 +212,17 @@ class Transport:
         for items in by_device.values():
             try:
                 numbers = torch.stack([t for _, _, t in items]).double().tolist()
-            except (RuntimeError, TypeError, ValueError):  # shapes or dtypes that do not stack
-                numbers = [self._to_float(name, t) for _, name, t in items]
+            except (RuntimeError, TypeError, ValueError):  # shapes that do not stack: one at a time
+                numbers = [t for _, _, t in items]
             for (values, name, _), number in zip(items, numbers, strict=True):
-                if not isinstance(number, float):
-                    number = self._to_float(name, number)  # a tensor of several elements stacks to a list
-                if number is not None:
-                    if number - number != 0.0:
-                        self._non_finite(name, number)
-                    values[name] = number
+                # a float, or what did not stack (or stacked to a list: several elements each)
+                self._keep(values, name, number if type(number) is float else self._to_float(name, number))
+
+    def _keep(self, values: dict[str, float], name: str, number: float | None) -> None:
+        if number is not None:
+            if number - number != 0.0:  # NaN or an infinity
+                self._non_finite(name, number)
+            values[name] = number
 
     def _non_finite(self, name: str, number: float) -> None:
         if ("nf:" + name) not in self._warned_metrics:

@@ -463,7 +463,7 @@ class SupervisorMetrics:
         yield InfoMetricFamily("supervisor_build", "Version of the supervisor, Python and gRPC.", value=self._build)
         yield GaugeMetricFamily(
             "supervisor_trainer_flush_interval_seconds",
-            "Seconds each trainer leaves between metric batches at least, as the supervisor asks (grows with trainers).",
+            "Least seconds each trainer leaves between metric batches, as the supervisor asks (grows with trainers).",
             value=self._pacing,
         )
 

@@ -73,7 +73,7 @@ def _all_pages(store: Store, run_id: int, name: str = "", limit: int = 3) -> lis
 
 def _same(a: list[tuple], b: list[tuple]) -> bool:
     return len(a) == len(b) and all(
-        x[:5] == y[:5] and (x[5] == y[5] or (math.isnan(x[5]) and math.isnan(y[5]))) for x, y in zip(a, b)
+        x[:5] == y[:5] and (x[5] == y[5] or (math.isnan(x[5]) and math.isnan(y[5]))) for x, y in zip(a, b, strict=True)
     )
 
 
@@ -107,7 +107,9 @@ def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path)
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
     conn.executescript(SCHEMA_1)
-    conn.execute("INSERT INTO runs (id, name, created, specs, vals, last_step, points) VALUES (1, 'r', 0, '{}', '{}', 9, 3)")
+    conn.execute(
+        "INSERT INTO runs (id, name, created, specs, vals, last_step, points) VALUES (1, 'r', 0, '{}', '{}', 9, 3)"
+    )
     conn.execute("INSERT INTO sessions VALUES (7, 1, 0, 'sess', 600, 11)")
     rows = [(1, 0, seq, seq * 10, 100.0 + seq, name, value) for seq in range(1, 601)
             for name, value in (("loss", 1.0 / seq), ("acc", None if seq == 3 else 0.5))]
@@ -121,7 +123,8 @@ def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path)
     assert store.open_session(1, 0, "sess") == (7, 600, True)  # a reconnecting trainer resends nothing stored
     expected = [(r, q, s, t, n, math.nan if v is None else v) for _, r, q, s, t, n, v in rows]
     assert _same(_all_pages(store, 1, limit=250), expected)
-    assert store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+    (version,) = store._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == str(SCHEMA_VERSION)
     store.close()
     Store(path).close()  # opens again as the current schema
 

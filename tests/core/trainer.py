@@ -15,7 +15,6 @@ import time
 
 from trainer_sdk import Float, connect
 
-
 _EMIT_LOCK = threading.Lock()
 
 
