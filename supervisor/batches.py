@@ -10,8 +10,8 @@ from __future__ import annotations
 import itertools
 import json
 from array import array
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
@@ -25,6 +25,9 @@ class MetricColumns:
     names: list[str]  # the batch's distinct metric names
     name_indexes: list[int]  # per value, into ``names``
     values: list[float]
+    # Set on first use: the metric names of every point when all points carry the same
+    # names in the same order (as the SDK sends them), else an empty tuple.
+    _keys: tuple[str, ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.seqs)
@@ -49,17 +52,65 @@ class MetricColumns:
             self.values[offset:],
         )
 
+    def uniform_keys(self) -> tuple[str, ...]:
+        """The names every point carries, in order, if all points carry the same; else ``()``.
+
+        A training loop reports the same metrics at every step, so this is the
+        common case, and it lets points and histories be cut out of the value
+        column by slicing instead of walking it value by value.
+        """
+        if self._keys is None:
+            keys: tuple[str, ...] = ()
+            counts, indexes = self.counts, self.name_indexes
+            if counts and (k := counts[0]) and counts.count(k) == len(counts):
+                first = indexes[:k]
+                if len(set(first)) == k and indexes == first * len(counts):
+                    keys = tuple(self.names[i] for i in first)
+            self._keys = keys
+        return self._keys
+
     def latest(self) -> dict[str, float]:
         """Each metric's last value in the batch."""
+        if keys := self.uniform_keys():
+            return dict(zip(keys, self.values[-len(keys) :], strict=True))
         return dict(zip(map(self.names.__getitem__, self.name_indexes), self.values, strict=True))
 
-    def points(self) -> Iterator[tuple[int, int, float, dict[str, float]]]:
-        """(seq, step, time, {name: value}) per point, for policies."""
+    def points(self, start: int = 0) -> Iterator[tuple[int, int, float, dict[str, float]]]:
+        """(index, step, time, {name: value}) for each point from ``start``, for policies."""
+        steps, times, values = self.steps, self.times, self.values
+        if keys := self.uniform_keys():
+            k = len(keys)
+            for i in range(start, len(steps)):
+                yield i, steps[i], times[i], dict(zip(keys, values[i * k : i * k + k], strict=True))
+            return
         names = map(self.names.__getitem__, self.name_indexes)
-        values = iter(self.values)
-        for seq, step, when, count in zip(self.seqs, self.steps, self.times, self.counts, strict=True):
-            point = zip(itertools.islice(names, count), itertools.islice(values, count), strict=True)
-            yield seq, step, when, dict(point)
+        offset = sum(self.counts[:start])
+        names = itertools.islice(names, offset, None)
+        value_iter = iter(values[offset:])
+        for i in range(start, len(steps)):
+            count = self.counts[i]
+            point = zip(itertools.islice(names, count), itertools.islice(value_iter, count), strict=True)
+            yield i, steps[i], times[i], dict(point)
+
+    def series(self, start: int, stop: int) -> Iterator[tuple[str, Sequence[int], Sequence[float]]]:
+        """(name, steps, values) per metric over points ``start`` to ``stop``: a policy's history, in bulk."""
+        if keys := self.uniform_keys():
+            k = len(keys)
+            steps = array("q", self.steps[start:stop])
+            values = array("d", self.values[start * k : stop * k])
+            for j, name in enumerate(keys):
+                yield name, steps, values[j::k]
+            return
+        by_name: dict[str, tuple[list[int], list[float]]] = {}
+        for _, step, _, values in itertools.islice(self.points(start), stop - start):
+            for name, value in values.items():
+                pair = by_name.get(name)
+                if pair is None:
+                    pair = by_name[name] = ([], [])
+                pair[0].append(step)
+                pair[1].append(value)
+        for name, (steps_of, values_of) in by_name.items():
+            yield name, steps_of, values_of
 
     # -- storage: one row of packed arrays per batch ------------------------------------------
 

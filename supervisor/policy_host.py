@@ -85,6 +85,11 @@ class LiveRunView:
     may be ahead of the policies), so live decisions equal replayed ones.
     ``params``, ``specs`` and ``pinned`` are refreshed from the run before each
     round; only the run's lane touches the view, one call at a time.
+
+    Points evaluated from a stored batch go into the history in bulk: the view
+    notes how far into the batch evaluation has come and copies that stretch
+    when a policy asks for history or the batch is done, a slice per metric
+    rather than a call per value.
     """
 
     def __init__(self, run: RunState) -> None:
@@ -95,6 +100,7 @@ class LiveRunView:
         self.pinned: frozenset[str] = frozenset()
         self._declared: dict[str, Param] | None = None
         self._history: dict[str, _Series] = {}
+        self._unrecorded: tuple[MetricColumns, int, int] | None = None  # evaluated, not yet in _history
 
     def refresh(self, run: RunState) -> LiveRunView:
         if self._declared is not run.params:
@@ -105,16 +111,40 @@ class LiveRunView:
         return self
 
     def record(self, step: int, values: Mapping[str, float]) -> None:
+        self.settle()
         if step > self.step:
             self.step = step
-        history = self._history
         for name, value in values.items():
-            series = history.get(name)
-            if series is None:
-                series = history[name] = _Series(HISTORY_PER_METRIC)
-            series.append(step, value)
+            self._series(name).append(step, value)
+
+    def record_from(self, columns: MetricColumns, index: int, step: int) -> None:
+        """Point ``index`` of ``columns`` is being evaluated: history covers it from now on."""
+        if step > self.step:
+            self.step = step
+        pending = self._unrecorded
+        if pending is not None and pending[0] is columns and pending[2] == index:
+            self._unrecorded = (columns, pending[1], index + 1)
+        else:
+            self.settle()
+            self._unrecorded = (columns, index, index + 1)
+
+    def settle(self) -> None:
+        """Copy the points noted by ``record_from`` into the history."""
+        pending = self._unrecorded
+        if pending is not None:
+            self._unrecorded = None
+            columns, start, stop = pending
+            for name, steps, values in columns.series(start, stop):
+                self._series(name).extend(steps, values)
+
+    def _series(self, name: str) -> _Series:
+        series = self._history.get(name)
+        if series is None:
+            series = self._history[name] = _Series(HISTORY_PER_METRIC)
+        return series
 
     def history(self, metric: str, last: int | None = None) -> Sequence[tuple[int, float]]:
+        self.settle()
         series = self._history.get(metric)
         return [] if series is None else series.last(last)
 
@@ -143,6 +173,30 @@ class _Series:
             self._values[head] = value
             self._head = (head + 1) % self._capacity
 
+    def extend(self, steps: Sequence[int], values: Sequence[float]) -> None:
+        """Append many pairs: a few slice copies, whatever the count."""
+        if not isinstance(steps, array):
+            steps, values = array("q", steps), array("d", values)
+        capacity = self._capacity
+        if len(steps) > capacity:
+            steps, values = steps[-capacity:], values[-capacity:]
+        room = capacity - len(self._steps)
+        if room > 0:
+            self._steps.extend(steps[:room])
+            self._values.extend(values[:room])
+            steps, values = steps[room:], values[room:]
+        n = len(steps)
+        if not n:
+            return
+        head = self._head  # full: overwrite from the oldest, wrapping at the end
+        first = min(n, capacity - head)
+        self._steps[head : head + first] = steps[:first]
+        self._values[head : head + first] = values[:first]
+        if first < n:
+            self._steps[: n - first] = steps[first:]
+            self._values[: n - first] = values[first:]
+        self._head = (head + n) % capacity
+
     def last(self, n: int | None) -> list[tuple[int, float]]:
         head = self._head
         steps = self._steps[head:] + self._steps[:head]
@@ -152,11 +206,19 @@ class _Series:
         return list(zip(steps, values, strict=True))
 
 
+def _after(batches: list[Any], b: int, index: int) -> list[Any]:
+    """The batches left once point ``index`` of batch ``b`` is done."""
+    rank, columns, _ = batches[b]
+    rest = batches[b + 1 :]
+    return [(rank, columns, index + 1), *rest] if index + 1 < len(columns) else rest
+
+
 class _Progress:
-    """What a worker evaluating a batch of points is doing, for the lane's watchdog."""
+    """What a worker evaluating batches of points is doing, for the lane's watchdog."""
 
     def __init__(self) -> None:
-        self.current: tuple[PolicyRunner, float, int] | None = None  # runner, started (monotonic), point index
+        # runner, started (monotonic), batch index, point index
+        self.current: tuple[PolicyRunner, float, int, int] | None = None
         self.outcomes: list[Outcome] = []
         self.timings: list[tuple[str, float]] = []
         self.abandoned = False
@@ -240,9 +302,8 @@ class PolicyHost:
         self._enqueue(run, ("attach", None))
 
     def observe(self, run: RunState, columns: MetricColumns, rank: int) -> None:
-        for _, step, when, values in columns.points():
-            if step >= 0 and math.isfinite(when):  # what MetricPoint promises policies
-                self._enqueue(run, ("point", (rank, step, when, values)))
+        """Queue a stored batch for the run's policies: one event per batch; points are built in the worker."""
+        self._enqueue(run, ("batch", (rank, columns, 0)))
 
     def run_finished(self, run: RunState, outcome: int) -> None:
         name = "failed" if outcome == pb.RUN_OUTCOME_FAILED else "completed"
@@ -257,11 +318,25 @@ class PolicyHost:
             lane = self._lanes[run.name] = deque()
             self._wakeups[run.name] = asyncio.Event()
             self._lane_tasks[run.name] = asyncio.create_task(self._lane(run.name), name=f"policies-{run.name}")
-        if event[0] == "point" and len(lane) >= MAX_QUEUED_POINTS:
-            lane.popleft()
-            self.core.metrics.record_error("policy_backlog")
         lane.append(event)
+        if event[0] == "batch":
+            self._trim(lane)
         self._wakeups[run.name].set()
+
+    def _trim(self, lane: deque[tuple[str, Any]]) -> None:
+        """Past MAX_QUEUED_POINTS waiting points, skip the oldest (each counted as a policy_backlog error)."""
+        waiting = sum(len(payload[1]) - payload[2] for kind, payload in lane if kind == "batch")
+        while waiting > MAX_QUEUED_POINTS:
+            at = next(i for i, (kind, _) in enumerate(lane) if kind == "batch")
+            rank, columns, start = lane[at][1]
+            skip = min(waiting - MAX_QUEUED_POINTS, len(columns) - start)
+            if start + skip < len(columns):
+                lane[at] = ("batch", (rank, columns, start + skip))
+            else:
+                del lane[at]
+            waiting -= skip
+            for _ in range(skip):
+                self.core.metrics.record_error("policy_backlog")
 
     # -- one lane per run -----------------------------------------------------------------------
 
@@ -276,11 +351,20 @@ class PolicyHost:
                     lane.clear()
                     break
                 try:
-                    if lane[0][0] == "point" and self._batchable(run):
-                        points = []
-                        while lane and lane[0][0] == "point":
-                            points.append(lane.popleft()[1])
-                        await self._points(run, points, lane)
+                    if lane[0][0] == "batch" and self._batchable(run):
+                        batches = []
+                        while lane and lane[0][0] == "batch":
+                            batches.append(lane.popleft()[1])
+                        await self._points(run, batches, lane)
+                    elif lane[0][0] == "batch":  # a shared (population) runner: a point at a time, under its lock
+                        rank, columns, start = lane[0][1]
+                        if start + 1 < len(columns):
+                            lane[0] = ("batch", (rank, columns, start + 1))
+                        else:
+                            lane.popleft()
+                        _, step, when, values = next(columns.points(start))
+                        if step >= 0 and math.isfinite(when):  # what MetricPoint promises policies
+                            await self._handle(run, "point", (rank, step, when, values))
                     else:
                         kind, payload = lane.popleft()
                         await self._handle(run, kind, payload)
@@ -322,8 +406,8 @@ class PolicyHost:
             return False
         return all(runner.scope == "run" for runner in self.engine.runners_for(run.name))
 
-    async def _points(self, run: RunState, points: list[Any], lane: deque[tuple[str, Any]]) -> None:
-        """Evaluate queued points in one worker call, stopping at the first that yields outcomes.
+    async def _points(self, run: RunState, batches: list[Any], lane: deque[tuple[str, Any]]) -> None:
+        """Evaluate queued batches in one worker call, stopping at the first point that yields outcomes.
 
         One thread hop per batch instead of one per point and runner. Stopping at
         the first decision keeps replay's semantics: the next point is evaluated
@@ -332,53 +416,63 @@ class PolicyHost:
         view = self._view(run)
         runners = self.engine.runners_for(run.name)
         progress = _Progress()
-        future = asyncio.get_running_loop().run_in_executor(self._pool, self._evaluate, runners, view, points, progress)
+        future = asyncio.get_running_loop().run_in_executor(
+            self._pool, self._evaluate, runners, view, batches, progress
+        )
         while True:
             done, _ = await asyncio.wait({future}, timeout=min(0.25, self.timeout / 4))
             if done:
-                consumed, outcomes = future.result()
+                rest, outcomes = future.result()
                 break
             current = progress.current
             if current is not None and time.monotonic() - current[1] > self.timeout:
-                runner, _, index = current
+                runner, _, b, index = current
                 progress.abandoned = True
                 future.add_done_callback(lambda f: f.exception())  # its result no longer matters
+                rank, columns, _ = batches[b]
                 failure = runner.record_failure(
-                    f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=points[index][1]
+                    f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=columns.steps[index]
                 )
                 outcomes = arbitrate([*progress.outcomes, failure], view)
-                consumed = index + 1
+                rest = _after(batches, b, index)
                 break
         self.core.metrics.observe_policy_seconds_many(progress.timings)
-        for point in reversed(points[consumed:]):
-            lane.appendleft(("point", point))
+        lane.extendleft(("batch", batch) for batch in reversed(rest))
         await self._apply(run, outcomes)
         await self._save(run.name)
 
     @staticmethod
     def _evaluate(
-        runners: list[PolicyRunner], view: LiveRunView, points: list[Any], progress: _Progress
-    ) -> tuple[int, list[Outcome]]:
-        """Runs in a worker thread."""
-        for index, (rank, step, when, values) in enumerate(points):
-            view.record(step, values)
-            point = MetricPoint.from_host(view.run, step, when, values, rank)  # checked in observe()
-            progress.outcomes = []
-            for runner in runners:
-                if runner.disabled or runner.busy:
-                    continue
-                started = time.monotonic()
-                progress.current = (runner, started, index)
-                result = runner.observe(point, view)
-                progress.timings.append((runner.policy_id, time.monotonic() - started))
-                if progress.abandoned:
-                    return index, []
-                if result:
-                    progress.outcomes.extend(result)
-            progress.current = None
-            if progress.outcomes and (outcomes := arbitrate(progress.outcomes, view)):
-                return index + 1, outcomes
-        return len(points), []
+        runners: list[PolicyRunner], view: LiveRunView, batches: list[Any], progress: _Progress
+    ) -> tuple[list[Any], list[Outcome]]:
+        """Runs in a worker thread. Returns the batches not evaluated (to queue again) and the outcomes."""
+        isfinite = math.isfinite
+        try:
+            for b, (rank, columns, start) in enumerate(batches):
+                for index, step, when, values in columns.points(start):
+                    if step < 0 or not isfinite(when):  # what MetricPoint promises policies
+                        continue
+                    view.record_from(columns, index, step)
+                    point = MetricPoint.from_host(view.run, step, when, values, rank)  # checked just above
+                    progress.outcomes = []
+                    for runner in runners:
+                        if runner.disabled or runner.busy:
+                            continue
+                        started = time.monotonic()
+                        progress.current = (runner, started, b, index)
+                        result = runner.observe(point, view)
+                        progress.timings.append((runner.policy_id, time.monotonic() - started))
+                        if progress.abandoned:
+                            return [], []
+                        if result:
+                            progress.outcomes.extend(result)
+                    progress.current = None
+                    if progress.outcomes and (outcomes := arbitrate(progress.outcomes, view)):
+                        return _after(batches, b, index), outcomes
+            return [], []
+        finally:
+            if not progress.abandoned:
+                view.settle()
 
     async def _attach(self, view: LiveRunView) -> list[Outcome]:
         async with self._engine_lock:
