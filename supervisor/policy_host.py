@@ -23,7 +23,6 @@ import time
 from array import array
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -41,6 +40,7 @@ from policies import (
 from supervisor.batches import MetricColumns
 from supervisor.runs import RefusedChange, RunState
 from supervisor.storage import Store
+from supervisor.workers import Workers
 from trainer_sdk import Choice, Float, Int, Param
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
@@ -221,7 +221,7 @@ class _Progress:
         self.current: tuple[PolicyRunner, float, int, int] | None = None
         self.outcomes: list[Outcome] = []
         self.timings: list[tuple[str, float]] = []
-        self.abandoned = False
+        self.abandoned: tuple[PolicyRunner, float, int, int] | None = None  # ``current`` when given up on
 
 
 class PolicyHost:
@@ -229,7 +229,9 @@ class PolicyHost:
         self.engine = engine
         self.core = core
         self.timeout = timeout
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="policy")
+        self._workers: Workers | None = None  # made on first use, in the event loop
+        self._evaluating: dict[str, tuple[_Progress, asyncio.Future[Any]]] = {}  # run -> its worker call
+        self._timekeeper: asyncio.Task[None] | None = None
         self._lanes: dict[str, deque[tuple[str, Any]]] = {}
         self._lane_tasks: dict[str, asyncio.Task[None]] = {}
         self._wakeups: dict[str, asyncio.Event] = {}
@@ -291,10 +293,31 @@ class PolicyHost:
         self._watchdog = asyncio.create_task(self._watch_vanished(), name="policy-watchdog")
 
     async def stop(self) -> None:
-        for task in [*self._lane_tasks.values(), self._watchdog]:
+        for task in [*self._lane_tasks.values(), self._watchdog, self._timekeeper]:
             if task is not None:
                 task.cancel()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._workers is not None:
+            self._workers.shutdown()
+
+    def _worker_pool(self) -> Workers:
+        if self._workers is None:
+            self._workers = Workers(asyncio.get_running_loop(), max_workers=32, name="policy")
+            self._timekeeper = asyncio.create_task(self._watch_slow_calls(), name="policy-timekeeper")
+        return self._workers
+
+    async def _watch_slow_calls(self) -> None:
+        """Give up on a worker call whose current policy call runs past the time limit.
+
+        One task checks every lane's call, instead of a timer per call.
+        """
+        while True:
+            await asyncio.sleep(min(0.25, self.timeout / 4))
+            now = time.monotonic()
+            for progress, future in list(self._evaluating.values()):
+                current = progress.current
+                if current is not None and not future.done() and now - current[1] > self.timeout:
+                    progress.abandoned = current
+                    future.set_result(None)  # the lane reads progress.abandoned
 
     # -- events from the core (event loop thread) ---------------------------------------------
 
@@ -416,26 +439,22 @@ class PolicyHost:
         view = self._view(run)
         runners = self.engine.runners_for(run.name)
         progress = _Progress()
-        future = asyncio.get_running_loop().run_in_executor(
-            self._pool, self._evaluate, runners, view, batches, progress
-        )
-        while True:
-            done, _ = await asyncio.wait({future}, timeout=min(0.25, self.timeout / 4))
-            if done:
-                rest, outcomes = future.result()
-                break
-            current = progress.current
-            if current is not None and time.monotonic() - current[1] > self.timeout:
-                runner, _, b, index = current
-                progress.abandoned = True
-                future.add_done_callback(lambda f: f.exception())  # its result no longer matters
-                rank, columns, _ = batches[b]
-                failure = runner.record_failure(
-                    f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=columns.steps[index]
-                )
-                outcomes = arbitrate([*progress.outcomes, failure], view)
-                rest = _after(batches, b, index)
-                break
+        future = self._worker_pool().submit(self._evaluate, runners, view, batches, progress)
+        self._evaluating[run.name] = (progress, future)
+        try:
+            result = await future
+        finally:
+            del self._evaluating[run.name]
+        if progress.abandoned is not None:  # the timekeeper gave up on it
+            runner, _, b, index = progress.abandoned
+            rank, columns, _ = batches[b]
+            failure = runner.record_failure(
+                f"no decision within {self.timeout:g}s (policy too slow)", run=run.name, step=columns.steps[index]
+            )
+            outcomes = arbitrate([*progress.outcomes, failure], view)
+            rest = _after(batches, b, index)
+        else:
+            rest, outcomes = result
         self.core.metrics.observe_policy_seconds_many(progress.timings)
         lane.extendleft(("batch", batch) for batch in reversed(rest))
         await self._apply(run, outcomes)
@@ -462,7 +481,7 @@ class PolicyHost:
                         progress.current = (runner, started, b, index)
                         result = runner.observe(point, view)
                         progress.timings.append((runner.policy_id, time.monotonic() - started))
-                        if progress.abandoned:
+                        if progress.abandoned is not None:
                             return [], []
                         if result:
                             progress.outcomes.extend(result)
@@ -471,7 +490,7 @@ class PolicyHost:
                         return _after(batches, b, index), outcomes
             return [], []
         finally:
-            if not progress.abandoned:
+            if progress.abandoned is None:
                 view.settle()
 
     async def _attach(self, view: LiveRunView) -> list[Outcome]:
@@ -513,7 +532,7 @@ class PolicyHost:
             return outcomes
 
     async def _in_worker(self, runner: PolicyRunner | None, work: Any) -> Any:
-        future = asyncio.get_running_loop().run_in_executor(self._pool, work)
+        future = self._worker_pool().submit(work)
         if runner is None:
             return await future
         return await asyncio.wait_for(asyncio.shield(future), self.timeout)
