@@ -8,7 +8,9 @@ queries while the writer commits. A change is committed with
 loses at most the last commits on power loss, which trainers then resend.
 
 All methods are synchronous; the server calls them from one writer thread and
-one reader thread (see ``Database``).
+one reader thread (see ``Database``). The writer commits whatever is queued
+together: one transaction (and at most one fsync) for all the changes,
+acknowledgements and metric rounds that arrived while the last one committed.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +28,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from supervisor.batches import MetricColumns
+
+T = TypeVar("T")
 
 SCHEMA_VERSION = 2
 _BATCH_COLUMNS = (
@@ -141,6 +147,12 @@ class ChangeRow:
     acks: list[tuple[int, int, float]]  # (rank, step, time)
 
 
+def _durable(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a write that must reach the disk (synchronous=FULL) before its caller goes on."""
+    method.durable = True  # type: ignore[attr-defined]
+    return method
+
+
 class Store:
     """One SQLite file; a connection per thread that uses it."""
 
@@ -242,6 +254,7 @@ class Store:
 
     # -- changes -------------------------------------------------------------------------
 
+    @_durable
     def record_change(
         self,
         run_id: int,
@@ -264,7 +277,7 @@ class Store:
         before any trainer hears of it.
         """
         body = json.dumps({"changes": {name: [old, new] for name, (old, new) in changes.items()}})
-        durable = version is not None
+        durable = version is not None and not self._conn.in_transaction  # in a group: the group's commit
         if durable:
             self._conn.execute("PRAGMA synchronous=FULL")
         try:
@@ -447,6 +460,38 @@ class Store:
     def _txn(self) -> _Transaction:
         return _Transaction(self._conn)
 
+    def run_group(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+        """Run writes in one transaction, each in its own savepoint; a result or the exception per job.
+
+        A job that raises is rolled back alone and the others commit. The commit
+        is ``synchronous=FULL`` when any job is a durable write (``record_change``).
+        """
+        conn = self._conn
+        durable = any(getattr(fn, "durable", False) for fn, _, _ in jobs)
+        results: list[Any] = []
+        if durable:
+            conn.execute("PRAGMA synchronous=FULL")  # cannot change inside a transaction
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for fn, args, kwargs in jobs:
+                    conn.execute("SAVEPOINT job")
+                    try:
+                        results.append(fn(self, *args, **kwargs))
+                    except Exception as exc:
+                        conn.execute("ROLLBACK TO job")
+                        results.append(exc)
+                    conn.execute("RELEASE job")
+                conn.execute("COMMIT")
+            except BaseException as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                return [exc] * len(jobs)
+        finally:
+            if durable:
+                conn.execute("PRAGMA synchronous=NORMAL")
+        return results
+
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:
     """Schema 1 stored a row per metric value and each session's progress in ``sessions``.
@@ -500,39 +545,93 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 
 
 class _Transaction:
+    """BEGIN ... COMMIT, or nothing inside ``run_group``'s transaction (its savepoint covers the job)."""
+
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
+        self.outer = False
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        self.outer = not self.conn.in_transaction
+        if self.outer:
+            self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
-        self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        if self.outer:
+            self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
-T = TypeVar("T")
+MAX_WRITES_PER_COMMIT = 512
 
 
 class Database:
-    """Async access to a Store: one thread writes, another reads, the event loop never blocks."""
+    """Async access to a Store: one thread writes, another reads, the event loop never blocks.
+
+    Writes are group-committed: the writer thread takes every write queued
+    while it was busy and commits them in one transaction (``Store.run_group``).
+    Under load that turns hundreds of commits a second (each durable change,
+    each acknowledgement of one, each metrics round) into a few dozen; idle, a
+    write commits at once as before. Each ``write`` returns after the commit
+    that contains it.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
         self._reader = self.store.reader()
-        self._write_pool = ThreadPoolExecutor(1, thread_name_prefix="db-writer")
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
+        self._writer.start()
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._write_pool, lambda: fn(self.store, *args, **kwargs))
+        future: asyncio.Future[T] = loop.create_future()
+        self._writes.put((loop, future, fn, args, kwargs))
+        return await future
+
+    def _write_loop(self) -> None:
+        while (first := self._writes.get()) is not None:
+            group = [first]
+            stop = False
+            while len(group) < MAX_WRITES_PER_COMMIT:
+                try:
+                    job = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group])
+            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+            for (loop, future, *_), result in zip(group, results, strict=True):
+                by_loop.setdefault(loop, []).append((future, result))
+            for loop, done in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_settle, done)
+                except RuntimeError:  # that loop is closed: nobody waits for these
+                    pass
+            if stop:
+                return
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_pool, lambda: fn(self._reader, *args, **kwargs))
 
     def close(self) -> None:
-        self._write_pool.shutdown(wait=True)
+        self._writes.put(None)
+        self._writer.join()
         self._read_pool.shutdown(wait=True)
         self.store.close()
         self._reader.close()
+
+
+def _settle(done: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, result in done:
+        if future.done():  # the caller was cancelled
+            continue
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +140,55 @@ def test_a_database_from_a_newer_supervisor_is_refused_with_what_to_do(tmp_path:
     conn.close()
     with pytest.raises(RuntimeError, match="schema version 99.*supervisor version that wrote it"):
         Store(path)
+
+
+# -- group commit --------------------------------------------------------------------------------
+
+
+def _change(version: int, lr: float) -> dict[str, Any]:
+    """Keyword arguments of Store.record_change (passed as is: it is the write marked durable)."""
+    return dict(version=version, kind=1, source="test", reason="r", changes={"lr": (None, lr)}, trigger=None,
+                apply_at_step=None, step=0, now=1.0)
+
+
+def _fail(store: Store, run_id: int) -> None:
+    store.set_outcome(run_id, 2)
+    raise ValueError("this write fails after writing")
+
+
+def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> None:
+    store = Store(tmp_path / "g.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    change = Store.record_change
+    results = store.run_group([(change, (run_id,), _change(1, 0.1)), (_fail, (run_id,), {}),
+                               (change, (run_id,), _change(2, 0.2))])
+    assert isinstance(results[1], ValueError) and results[0] and results[2]
+    assert [row.version for row in store.history(run_id)] == [1, 2]
+    assert store.load_runs()[0].outcome == 0  # the failed write's own change is rolled back
+    # one transaction; the durable group switched to synchronous=FULL for its commit only (1 = NORMAL)
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
+    assert statements.index("PRAGMA synchronous=FULL") < statements.index("BEGIN IMMEDIATE")
+    assert statements[statements.index("COMMIT") + 1] == "PRAGMA synchronous=NORMAL"
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
+    assert not store._conn.in_transaction
+
+
+def test_concurrent_writes_each_return_after_their_commit(tmp_path: Path) -> None:
+    from supervisor.storage import Database
+
+    async def main() -> list[int]:
+        db = Database(tmp_path / "d.db")
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        ids = await asyncio.gather(*(db.write(Store.record_change, run_id, **_change(v, v / 100))
+                                     for v in range(1, 201)))
+        with pytest.raises(ValueError, match="fails after writing"):
+            await db.write(_fail, run_id)
+        versions = [row.version for row in await db.read(Store.history, run_id)]
+        db.close()
+        assert versions == list(range(1, 201))
+        return ids
+
+    ids = asyncio.run(main())
+    assert ids == sorted(ids) and len(set(ids)) == 200
