@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import threading
 import time
 from array import array
 from collections import deque
@@ -89,7 +90,9 @@ class LiveRunView:
     Points evaluated from a stored batch go into the history in bulk: the view
     notes how far into the batch evaluation has come and copies that stretch
     when a policy asks for history or the batch is done, a slice per metric
-    rather than a call per value.
+    rather than a call per value. A lock keeps the history whole when a
+    policy call given up on for its time limit still reads it from its thread
+    while the lane goes on.
     """
 
     def __init__(self, run: RunState) -> None:
@@ -101,6 +104,7 @@ class LiveRunView:
         self._declared: dict[str, Param] | None = None
         self._history: dict[str, _Series] = {}
         self._unrecorded: tuple[MetricColumns, int, int] | None = None  # evaluated, not yet in _history
+        self._lock = threading.Lock()
 
     def refresh(self, run: RunState) -> LiveRunView:
         if self._declared is not run.params:
@@ -111,25 +115,31 @@ class LiveRunView:
         return self
 
     def record(self, step: int, values: Mapping[str, float]) -> None:
-        self.settle()
-        if step > self.step:
-            self.step = step
-        for name, value in values.items():
-            self._series(name).append(step, value)
+        with self._lock:
+            self._settle()
+            if step > self.step:
+                self.step = step
+            for name, value in values.items():
+                self._series(name).append(step, value)
 
     def record_from(self, columns: MetricColumns, index: int, step: int) -> None:
         """Point ``index`` of ``columns`` is being evaluated: history covers it from now on."""
-        if step > self.step:
-            self.step = step
-        pending = self._unrecorded
-        if pending is not None and pending[0] is columns and pending[2] == index:
-            self._unrecorded = (columns, pending[1], index + 1)
-        else:
-            self.settle()
-            self._unrecorded = (columns, index, index + 1)
+        with self._lock:
+            if step > self.step:
+                self.step = step
+            pending = self._unrecorded
+            if pending is not None and pending[0] is columns and pending[2] == index:
+                self._unrecorded = (columns, pending[1], index + 1)
+            else:
+                self._settle()
+                self._unrecorded = (columns, index, index + 1)
 
     def settle(self) -> None:
         """Copy the points noted by ``record_from`` into the history."""
+        with self._lock:
+            self._settle()
+
+    def _settle(self) -> None:
         pending = self._unrecorded
         if pending is not None:
             self._unrecorded = None
@@ -144,9 +154,10 @@ class LiveRunView:
         return series
 
     def history(self, metric: str, last: int | None = None) -> Sequence[tuple[int, float]]:
-        self.settle()
-        series = self._history.get(metric)
-        return [] if series is None else series.last(last)
+        with self._lock:
+            self._settle()
+            series = self._history.get(metric)
+            return [] if series is None else series.last(last)
 
 
 class _Series:
@@ -475,6 +486,8 @@ class PolicyHost:
                     point = MetricPoint.from_host(view.run, step, when, values, rank)  # checked just above
                     progress.outcomes = []
                     for runner in runners:
+                        if progress.abandoned is not None:
+                            return [], []
                         if runner.disabled or runner.busy:
                             continue
                         started = time.monotonic()

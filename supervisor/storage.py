@@ -469,27 +469,35 @@ class Store:
         conn = self._conn
         durable = any(getattr(fn, "durable", False) for fn, _, _ in jobs)
         results: list[Any] = []
-        if durable:
-            conn.execute("PRAGMA synchronous=FULL")  # cannot change inside a transaction
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for fn, args, kwargs in jobs:
-                    conn.execute("SAVEPOINT job")
-                    try:
-                        results.append(fn(self, *args, **kwargs))
-                    except Exception as exc:
-                        conn.execute("ROLLBACK TO job")
-                        results.append(exc)
-                    conn.execute("RELEASE job")
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                return [exc] * len(jobs)
-        finally:
             if durable:
-                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA synchronous=FULL")  # cannot change inside a transaction
+            conn.execute("BEGIN IMMEDIATE")
+            for fn, args, kwargs in jobs:
+                conn.execute("SAVEPOINT job")
+                try:
+                    results.append(fn(self, *args, **kwargs))
+                except Exception as exc:
+                    try:
+                        conn.execute("ROLLBACK TO job")
+                    except sqlite3.Error:
+                        raise exc from None  # SQLite dropped the whole transaction: the group fails on this
+                    results.append(exc)
+                conn.execute("RELEASE job")
+            conn.execute("COMMIT")
+        except BaseException as exc:  # the group as a whole failed (disk full, I/O error, ...): none of it is stored
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+            return [_group_failure(exc) for _ in jobs]
+        finally:
+            if durable and not conn.in_transaction:
+                try:
+                    conn.execute("PRAGMA synchronous=NORMAL")
+                except sqlite3.Error:
+                    pass
         return results
 
 
@@ -545,7 +553,7 @@ def _migrate_from_1(conn: sqlite3.Connection) -> None:
 
 
 class _Transaction:
-    """BEGIN ... COMMIT, or nothing inside ``run_group``'s transaction (its savepoint covers the job)."""
+    """BEGIN ... COMMIT; inside ``run_group``'s transaction, a savepoint that rolls back alone."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
@@ -553,13 +561,16 @@ class _Transaction:
 
     def __enter__(self) -> sqlite3.Connection:
         self.outer = not self.conn.in_transaction
-        if self.outer:
-            self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("BEGIN IMMEDIATE" if self.outer else "SAVEPOINT txn")
         return self.conn
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         if self.outer:
             self.conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        else:
+            if exc_type is not None:
+                self.conn.execute("ROLLBACK TO txn")
+            self.conn.execute("RELEASE txn")
 
 
 MAX_WRITES_PER_COMMIT = 512
@@ -580,11 +591,14 @@ class Database:
         self.store = Store(path)
         self._reader = self.store.reader()
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._closed:
+            raise RuntimeError("the database is closed: the supervisor is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._writes.put((loop, future, fn, args, kwargs))
@@ -603,7 +617,10 @@ class Database:
                     stop = True
                     break
                 group.append(job)
-            results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group])
+            try:
+                results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group])
+            except BaseException as exc:  # the writer thread must outlive any one group
+                results = [_group_failure(exc) for _ in group]
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
             for (loop, future, *_), result in zip(group, results, strict=True):
                 by_loop.setdefault(loop, []).append((future, result))
@@ -620,11 +637,19 @@ class Database:
         return await loop.run_in_executor(self._read_pool, lambda: fn(self._reader, *args, **kwargs))
 
     def close(self) -> None:
+        self._closed = True
         self._writes.put(None)
         self._writer.join()
         self._read_pool.shutdown(wait=True)
         self.store.close()
         self._reader.close()
+
+
+def _group_failure(exc: BaseException) -> Exception:
+    """What each write of a failed group gets: its own exception, caused by the group's."""
+    failure = RuntimeError(f"not stored: the transaction it shared failed with {type(exc).__name__}: {exc}")
+    failure.__cause__ = exc
+    return failure
 
 
 def _settle(done: list[tuple[asyncio.Future[Any], Any]]) -> None:

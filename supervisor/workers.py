@@ -12,10 +12,13 @@ calls that finished since the last one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
+
+log = logging.getLogger("supervisor.workers")
 
 _STOP = object()
 
@@ -81,7 +84,11 @@ class Workers:
         for future, ok, result in finished:
             if future.done():  # cancelled, or given up on by a watchdog
                 continue
-            if ok:
-                future.set_result(result)
-            else:
-                future.set_exception(result)
+            try:
+                if ok:
+                    future.set_result(result)
+                else:
+                    future.set_exception(result)
+            except Exception as exc:  # e.g. StopIteration cannot be set: the caller still hears of it
+                future.set_exception(RuntimeError(f"policy call failed: {type(result).__name__}: {result}"))
+                log.debug("delivering %r failed: %s", result, exc)

@@ -181,14 +181,54 @@ def test_concurrent_writes_each_return_after_their_commit(tmp_path: Path) -> Non
     async def main() -> list[int]:
         db = Database(tmp_path / "d.db")
         run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        commits: list[str] = []
+        db.store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
         ids = await asyncio.gather(*(db.write(Store.record_change, run_id, **_change(v, v / 100))
                                      for v in range(1, 201)))
+        assert len(commits) < 50, f"{len(commits)} commits for 200 writes queued together"
         with pytest.raises(ValueError, match="fails after writing"):
             await db.write(_fail, run_id)
         versions = [row.version for row in await db.read(Store.history, run_id)]
         db.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await db.write(Store.set_outcome, run_id, 1)
         assert versions == list(range(1, 201))
         return ids
 
     ids = asyncio.run(main())
     assert ids == sorted(ids) and len(set(ids)) == 200
+
+
+def _interrupt(store: Store, run_id: int) -> None:
+    raise KeyboardInterrupt
+
+
+def test_a_group_that_fails_as_a_whole_stores_nothing_and_tells_every_writer(tmp_path: Path) -> None:
+    store = Store(tmp_path / "f.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    change = Store.record_change
+    results = store.run_group([(change, (run_id,), _change(1, 0.1)), (_interrupt, (run_id,), {}),
+                               (change, (run_id,), _change(2, 0.2))])
+    assert all(isinstance(r, RuntimeError) and isinstance(r.__cause__, KeyboardInterrupt) for r in results)
+    assert len({id(r) for r in results}) == 3  # each writer gets its own exception
+    assert store.history(run_id) == [] and not store._conn.in_transaction
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # back to NORMAL
+    assert store.run_group([(change, (run_id,), _change(1, 0.1))])[0]  # the next group goes on
+
+
+def _set_outcome_then_fail_inside(store: Store, run_id: int) -> None:
+    try:
+        with store._txn():
+            store._conn.execute("UPDATE runs SET outcome = 2 WHERE id = ?", (run_id,))
+            raise ValueError("inner")
+    except ValueError:
+        pass  # a Store method that handles its own failure: its partial write must still be undone
+    store._conn.execute("UPDATE runs SET world_size = 3 WHERE id = ?", (run_id,))
+
+
+def test_a_nested_transaction_inside_a_group_rolls_back_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "n.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    assert store.run_group([(_set_outcome_then_fail_inside, (run_id,), {})]) == [None]
+    row = store.load_runs()[0]
+    assert (row.outcome, row.world_size) == (0, 3)

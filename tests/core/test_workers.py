@@ -38,14 +38,27 @@ def test_results_errors_and_threads() -> None:
 
 def test_a_stuck_call_keeps_only_its_thread_and_a_future_given_up_on_is_left_alone() -> None:
     async def main() -> None:
-        workers = Workers(asyncio.get_running_loop(), max_workers=2, name="test")
+        loop = asyncio.get_running_loop()
+        errors: list[dict] = []
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        workers = Workers(loop, max_workers=2, name="test")
         release = threading.Event()
-        stuck = workers.submit(release.wait, 10)
-        assert await asyncio.wait_for(workers.submit(lambda: "free"), 5) == "free"
+        stuck_thread: list[str] = []
+
+        def stuck_call() -> str:
+            stuck_thread.append(threading.current_thread().name)
+            release.wait(10)
+            return "late"
+
+        stuck = workers.submit(stuck_call)
+        free = await asyncio.wait_for(workers.submit(lambda: threading.current_thread().name), 5)
+        assert stuck_thread and free != stuck_thread[0]  # the other thread took it
         stuck.set_result("given up")  # as the policy host's timekeeper does
         release.set()
         assert await asyncio.wait_for(workers.submit(lambda: "after"), 5) == "after"
+        await asyncio.sleep(0.05)  # the late result has been delivered (and skipped) by now
         assert stuck.result() == "given up"
+        assert errors == []  # delivering to a future already done raised nothing
         workers.shutdown()
 
     asyncio.run(main())
