@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 
 import grpc
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SUPERVISOR
 from trainer_sdk import _wire
 from trainer_sdk._params import Float
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
@@ -157,7 +156,7 @@ def test_token_is_required_when_configured(supervisor_factory, tmp_path):
     result = secured.cli("runs", check=False)
     assert result.returncode != 0 and "missing or wrong token" in result.stderr
     ok = subprocess.run(
-        [sys.executable, "-m", "supervisor", "runs", "--address", secured.address, "--token", "s3cret"],
+        [*SUPERVISOR, "runs", "--address", secured.address, "--token", "s3cret"],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -173,7 +172,7 @@ def test_bad_cli_usage_is_explained(supervisor):
 
 def test_unreachable_supervisor_is_explained():
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor", "runs", "--address", "127.0.0.1:1"],
+        [*SUPERVISOR, "runs", "--address", "127.0.0.1:1"],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from supervisor.client import OperatorClient
+from tests.conftest import SUPERVISOR
 from trainer_sdk import Float, connect
 
 
@@ -75,10 +76,9 @@ def test_trainers_are_paced_by_their_number_and_an_explicit_flush_still_goes_at_
 
 def test_a_bad_max_metric_messages_is_refused_naming_the_option(supervisor_factory, tmp_path) -> None:
     import subprocess
-    import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "supervisor", "serve", "--db", str(tmp_path / "x.db"), "--max-metric-messages", "0"],
+        [*SUPERVISOR, "serve", "--db", str(tmp_path / "x.db"), "--max-metric-messages", "0"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 2
