@@ -31,7 +31,7 @@ from supervisor.batches import MetricColumns
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 _BATCH_COLUMNS = (
     "run_id, session, rank, first_seq, last_seq, last_step, last_time, points, dropped,"
     " seqs, steps, times, counts, names, name_indexes, vals"
@@ -106,6 +106,16 @@ CREATE TABLE IF NOT EXISTS metric_batches (
 );
 CREATE INDEX IF NOT EXISTS metric_batches_by_run ON metric_batches(run_id, id);
 CREATE INDEX IF NOT EXISTS metric_batches_by_session ON metric_batches(session, last_seq);
+-- Each session's progress, kept up to date with every commit round (schema 3), so that
+-- start-up reads a row per session instead of aggregating every stored batch.
+CREATE TABLE IF NOT EXISTS session_progress (
+    session INTEGER PRIMARY KEY,
+    run_id INTEGER NOT NULL,
+    points INTEGER NOT NULL,
+    last_step INTEGER NOT NULL,
+    last_time REAL NOT NULL,
+    dropped INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS policy_state (
     policy TEXT NOT NULL,
     scope TEXT NOT NULL,
@@ -166,6 +176,9 @@ class Store:
             found = SCHEMA_VERSION if row is None else int(row[0])
             if found == 1:
                 _migrate_from_1(conn)
+                found = 2
+            if found == 2:
+                _migrate_from_2(conn)
             elif found != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"{self.path} has schema version {found}, but this supervisor reads {SCHEMA_VERSION}: "
@@ -199,9 +212,8 @@ class Store:
         progress = {
             run_id: (points, last_step, last_time, dropped)
             for run_id, points, last_step, last_time, dropped in self._conn.execute(
-                "SELECT run_id, SUM(points), MAX(last_step), MAX(last_time), SUM(dropped) FROM"
-                " (SELECT run_id, SUM(points) AS points, MAX(last_step) AS last_step, MAX(last_time) AS last_time,"
-                " MAX(dropped) AS dropped FROM metric_batches GROUP BY session, run_id) GROUP BY run_id"
+                "SELECT run_id, SUM(points), MAX(last_step), MAX(last_time), SUM(dropped) FROM session_progress"
+                " GROUP BY run_id"
             )
         }
         rows = self._conn.execute(
@@ -406,7 +418,31 @@ class Store:
                     + ",".join(["(" + ",".join("?" * width) + ")"] * len(part)),
                     [value for row in part for value in row],
                 )
+            self._add_progress(rows)
             self._put_policy_states(policy_states)
+
+    def _add_progress(self, rows: list[tuple[Any, ...]]) -> None:
+        """Fold a round's batch rows into ``session_progress``: one statement per few hundred sessions."""
+        progress: dict[int, list[Any]] = {}
+        for run_id, session, _, _, _, last_step, last_time, points, dropped, *_ in rows:
+            p = progress.get(session)
+            if p is None:
+                progress[session] = [session, run_id, points, last_step, last_time, dropped]
+            else:
+                p[2] += points
+                p[3], p[4], p[5] = max(p[3], last_step), max(p[4], last_time), max(p[5], dropped)
+        entries = list(progress.values())
+        chunk = _MAX_SQL_VARIABLES // 6
+        for start in range(0, len(entries), chunk):
+            part = entries[start : start + chunk]
+            self._conn.execute(
+                "INSERT INTO session_progress (session, run_id, points, last_step, last_time, dropped) VALUES "
+                + ",".join(["(?,?,?,?,?,?)"] * len(part))
+                + " ON CONFLICT (session) DO UPDATE SET points = points + excluded.points,"
+                " last_step = MAX(last_step, excluded.last_step), last_time = MAX(last_time, excluded.last_time),"
+                " dropped = MAX(dropped, excluded.dropped)",
+                [value for entry in part for value in entry],
+            )
 
     def metrics(
         self, run_id: int, *, name: str = "", after: int = 0, limit: int = 10_000
@@ -499,6 +535,18 @@ class Store:
                 except sqlite3.Error:
                     pass
         return results
+
+
+def _migrate_from_2(conn: sqlite3.Connection) -> None:
+    """Schema 2 derived each run's progress from every stored batch at start-up: keep it per session instead."""
+    for statement in _SCHEMA.split(";"):
+        if "session_progress" in statement:
+            conn.execute(statement)
+    conn.execute(
+        "INSERT INTO session_progress (session, run_id, points, last_step, last_time, dropped)"
+        " SELECT session, MAX(run_id), SUM(points), MAX(last_step), MAX(last_time), MAX(dropped)"
+        " FROM metric_batches GROUP BY session"
+    )
 
 
 def _migrate_from_1(conn: sqlite3.Connection) -> None:

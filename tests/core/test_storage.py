@@ -232,3 +232,53 @@ def test_a_nested_transaction_inside_a_group_rolls_back_alone(tmp_path: Path) ->
     assert store.run_group([(_set_outcome_then_fail_inside, (run_id,), {})]) == [None]
     row = store.load_runs()[0]
     assert (row.outcome, row.world_size) == (0, 3)
+
+
+# -- progress per session (schema 3) -----------------------------------------------------------------
+
+_AGGREGATE_OF_BATCHES = (  # schema 2's start-up query: the reference session_progress must agree with
+    "SELECT run_id, SUM(points), MAX(last_step), MAX(last_time), SUM(dropped) FROM"
+    " (SELECT run_id, SUM(points) AS points, MAX(last_step) AS last_step, MAX(last_time) AS last_time,"
+    " MAX(dropped) AS dropped FROM metric_batches GROUP BY session, run_id) GROUP BY run_id ORDER BY run_id"
+)
+
+
+def _progress(store: Store) -> list[tuple[int, int, int, float, int]]:
+    by_name = {row.name: row for row in store.load_runs()}
+    ids = dict(store._conn.execute("SELECT name, id FROM runs").fetchall())
+    return sorted((ids[n], r.points, r.last_step, r.last_seen, r.dropped) for n, r in by_name.items() if r.points)
+
+
+def _fill(store: Store) -> None:
+    a = store.create_run("a", world_size=2, specs={}, values={}, version=0, now=0.0)
+    b = store.create_run("b", world_size=1, specs={}, values={}, version=0, now=0.0)
+    a0, a1, b0 = store.open_session(a, 0, "x")[0], store.open_session(a, 1, "y")[0], store.open_session(b, 0, "z")[0]
+    seq = {a0: 1, a1: 1, b0: 1}
+    for round_ in range(5):
+        batches = []
+        for run, rank, session, n in ((a, 0, a0, 3), (a, 1, a1, 2), (b, 0, b0, 4), (a, 0, a0, 1)):  # a0 twice a round
+            points = [(seq[session] + i, round_ * 10 + i, {"loss": 1.0}) for i in range(n)]
+            seq[session] += n
+            batches.append((run, rank, session, round_ + rank, _columns(points)))
+        store.insert_metrics(batches)
+
+
+def test_progress_kept_per_round_equals_aggregating_every_batch(tmp_path: Path) -> None:
+    store = Store(tmp_path / "p.db")
+    _fill(store)
+    reference = [tuple(row) for row in store._conn.execute(_AGGREGATE_OF_BATCHES)]
+    assert _progress(store) == reference and len(reference) == 2
+
+
+def test_a_schema_2_database_gets_its_progress_table(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    store = Store(path)
+    _fill(store)
+    before = _progress(store)
+    store._conn.execute("DROP TABLE session_progress")
+    store._conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    store.close()
+    migrated = Store(path)
+    assert _progress(migrated) == before
+    (version,) = migrated._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    assert version == str(SCHEMA_VERSION) == "3"
