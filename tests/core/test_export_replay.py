@@ -6,10 +6,9 @@ import json
 import math
 import random
 import subprocess
-import sys
 import time
 
-from tests.conftest import ROOT, wait_until
+from tests.conftest import ROOT, SUPERVISOR, wait_until
 from trainer_sdk import Float, connect
 
 CONFIG = """
@@ -57,9 +56,7 @@ def test_exported_run_replays_to_the_live_decisions(tmp_path, supervisor_factory
     def replay() -> str:
         result = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "supervisor",
+                *SUPERVISOR,
                 "replay",
                 "--config",
                 str(config),

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, SupervisorProcess, free_port, wait_until
+from tests.conftest import ROOT, SUPERVISOR, SupervisorProcess, free_port, wait_until
 from trainer_sdk import connect
 
 FORBIDDEN_ON_THE_HTTP_PATH = ("grpc", "google", "asyncio", "logging", "trainer_sdk", "http.client", "email")
@@ -285,9 +285,7 @@ def test_http_port_choices(supervisor_factory, tmp_path):
         # asked for: a taken port is an error
         proc = subprocess.run(
             [
-                sys.executable,
-                "-m",
-                "supervisor",
+                *SUPERVISOR,
                 "serve",
                 "--port",
                 "0",

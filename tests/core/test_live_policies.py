@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from tests.conftest import free_port, wait_until
+from tests.conftest import SUPERVISOR, free_port, wait_until
 from trainer_sdk import Float, connect
 
 PLATEAU = """
@@ -137,16 +137,13 @@ def test_operator_pin_blocks_policies_until_released(tmp_path, supervisor_factor
 
 def test_invalid_config_stops_the_server_with_a_named_key(tmp_path):
     import subprocess
-    import sys
 
     from tests.conftest import ROOT
 
     bad = write(tmp_path, '[[policy]]\ntype = "plateau"\nmetric = "val_loss"\nfactor = 1.5\n')
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "supervisor",
+            *SUPERVISOR,
             "serve",
             "--port",
             "0",
