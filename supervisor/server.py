@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import logging
 import signal
@@ -166,6 +167,28 @@ async def _set_health(servicer: Any, status: int) -> None:
             await result
 
 
+GC_THRESHOLDS = (50_000, 20, 100)
+"""The cyclic collector's thresholds in a serving process (CPython's default: 700, 10, 10).
+
+At 1000 streams the defaults ran a young collection 25 times a second and a full one
+every 5 s, each full one holding the GIL for about 120 ms (the streams' gRPC state, history
+rings, lanes), which every RPC waiting on the event loop paid; they found almost nothing
+(a few dozen objects per full collection). These keep young collections (which find what
+little cyclic garbage there is) and make the full ones rare.
+"""
+
+
+def tune_collector() -> None:
+    """Set a serving process's garbage collector for latency; see ``GC_THRESHOLDS``.
+
+    ``gc.freeze()`` first moves everything alive after start-up (modules, classes, the
+    compiled protos) out of the collector's sight for good.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     stop = asyncio.Event()
@@ -177,6 +200,7 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
         host = server.policy_host
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(host.reload()))
     await server.start()
+    tune_collector()
     if server.http_url is not None:  # before the listening line: whoever waits for that one finds it
         print(f"http gateway on {server.http_url}", flush=True)
     print(f"listening on {config.host}:{server.port}", flush=True)
