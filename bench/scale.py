@@ -13,9 +13,9 @@ over a measurement window:
   acks only after the commit that stored them), times 10; also the
   supervisor's own ``points_received`` (ListRuns) at the window's edges;
 * control latency under load, from this process: ``OperatorClient.set`` ->
-  visible in a probe session's cache (poller sleeping 50 us), report ->
-  KickPolicy -> visible on a second probe session, and a Health.Check round
-  trip as the same-run reference;
+  visible in a probe session's cache (poller sleeping 0.5 ms) and a Health.Check
+  round trip as the same-run reference, every ~100 ms; on a thread of their
+  own, report -> KickPolicy -> visible on a second probe session;
 * supervisor CPU (utime+stime from /proc, in cores) and peak RSS (VmHWM);
   load generators' CPU too, since they share the same cores.
 
@@ -95,7 +95,12 @@ def _processes(n: int) -> list[tuple[int, int]]:
 
 
 def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[float]]) -> None:
-    """Control probes every ~100 ms until ``stop``: API set, policy kick, Health.Check."""
+    """Control probes until ``stop``: API set and Health.Check every ~100 ms, and policy kicks.
+
+    The kicks run on their own thread: a kick waits for the trainer's next paced send (up to
+    1 s at 1000 streams), and sharing one thread with the API probes would leave a p99 of a
+    few dozen API samples, that is, their maximum.
+    """
     from supervisor.client import OperatorClient
     from trainer_sdk import Float, connect
 
@@ -106,20 +111,15 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
     channel = grpc.insecure_channel(sup.address)
     health = health_pb2_grpc.HealthStub(channel)
     poller = Poller([api, kick], "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
-    rng = random.Random(1)
     try:
         t0 = time.monotonic()
         if not (api.wait_connected(60) and kick.wait_connected(60)):
             out["failed"].append(f"probe sessions not connected after {time.monotonic() - t0:.0f} s")
         poller.start()
-        i = 0
-        while not stop.is_set():
-            i += 1
-            try:
-                _probe_once(i, client, health, poller, kick, out)
-            except grpc.RpcError as exc:  # a call past its deadline: the control path is that slow
-                out["failed"].append(f"{exc.code().name}: {exc.details()}"[:200])
-            stop.wait(rng.uniform(0.05, 0.15))
+        kicker = threading.Thread(target=_repeat, args=(_kick_once, (poller, kick), stop, out, 2), daemon=True)
+        kicker.start()
+        _repeat(_api_once, (client, health, poller), stop, out, 1)
+        kicker.join(60)
     except Exception as exc:  # report, do not lose, why probing stopped
         out["failed"].append(f"prober stopped: {type(exc).__name__}: {exc}"[:200])
     finally:
@@ -130,7 +130,20 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
         kick.close(timeout=1)
 
 
-def _probe_once(i: int, client: Any, health: Any, poller: Poller, kick: Any, out: dict[str, list[Any]]) -> None:
+def _repeat(probe: Any, args: tuple[Any, ...], stop: threading.Event, out: dict[str, list[Any]], seed: int) -> None:
+    """Call ``probe(i, *args, out)`` with a random 50-150 ms pause between calls until ``stop``."""
+    rng = random.Random(seed)
+    i = 0
+    while not stop.is_set():
+        i += 1
+        try:
+            probe(i, *args, out)
+        except grpc.RpcError as exc:  # a call past its deadline: the control path is that slow
+            out["failed"].append(f"{exc.code().name}: {exc.details()}"[:200])
+        stop.wait(rng.uniform(0.05, 0.15))
+
+
+def _api_once(i: int, client: Any, health: Any, poller: Poller, out: dict[str, list[Any]]) -> None:
     t0 = time.perf_counter_ns()
     health.Check(health_pb2.HealthCheckRequest(), timeout=30)
     out["health_ms"].append((time.perf_counter_ns() - t0) / 1e6)
@@ -142,10 +155,13 @@ def _probe_once(i: int, client: Any, health: Any, poller: Poller, kick: Any, out
         out["lost"].append(1)
     else:
         out["api_ms"].append((seen - t0) / 1e6)
-    v2 = round(0.02 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+
+
+def _kick_once(i: int, poller: Poller, kick: Any, out: dict[str, list[Any]]) -> None:
+    v = round(0.02 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
     t0 = time.perf_counter_ns()
-    kick.report(i, kick=v2)
-    seen = poller.wait_for(1, v2, timeout=30)
+    kick.report(i, kick=v)
+    seen = poller.wait_for(1, v, timeout=30)
     if seen is None:
         out["lost"].append(2)
     else:
