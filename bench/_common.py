@@ -169,7 +169,7 @@ class SupervisorProcess:
     ``http_address``, its operator HTTP gateway (``http://HOST:PORT``)."""
 
     def __init__(self, *, config: Path | None = None, workdir: Path | None = None, log_level: str = "WARNING",
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> None:
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="bench-sup-")
         self.workdir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -178,6 +178,7 @@ class SupervisorProcess:
                "--log-level", log_level]
         if config is not None:
             cmd += ["--config", str(config)]
+        cmd += args
         env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
         env.pop("SUPERVISOR_ADDR", None)
         self.log_path = self.workdir / "supervisor.log"

@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -176,23 +177,33 @@ def _points_received(address: str) -> int:
 
 
 def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bool,
-             plateau: bool = True) -> dict[str, Any]:
+             plateau: bool = True, supervisors: int = 1) -> dict[str, Any]:
+    """One size; with ``supervisors`` > 1, that many supervisor processes share the streams and the
+    message budget (``--max-metric-messages``) evenly, as runs sharded by name would, and the
+    probes go to the first one."""
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
     config = workdir / "policies.toml"
     config.write_text(CONFIG if plateau else CONFIG.replace('runs = "scale-*"', 'runs = "no-run-matches-*"'))
-    res: dict[str, Any] = {"streams": n, "plateau": plateau}
-    with SupervisorProcess(config=config, workdir=workdir) as sup:
+    res: dict[str, Any] = {"streams": n, "plateau": plateau, "supervisors": supervisors}
+    budget = ("--max-metric-messages", f"{1000 / supervisors:g}") if supervisors > 1 else ()
+    with ExitStack() as stack:
+        sups = [stack.enter_context(SupervisorProcess(config=config, workdir=workdir / f"supervisor-{k}", args=budget))
+                for k in range(supervisors)]
+        sup = sups[0]
         duration = warmup + window + 2
         flush = DEFAULT_FLUSH_INTERVAL
         gens = []
-        for first, count in _processes(n):
-            stats = workdir / f"loadgen-{first}.json"
-            proc = subprocess.Popen(
-                [PYTHON, "-m", "bench._loadgen", "--address", sup.address, "--streams", str(count), "--first",
-                 str(first), "--rate", str(RATE), "--flush-interval", str(flush),
-                 "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
-                 "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-            gens.append((proc, stats))
+        share = n // supervisors
+        for k, target in enumerate(sups):
+            for first, count in _processes(share + (n % supervisors if k == 0 else 0)):
+                first += k * share + (n % supervisors if k else 0)
+                stats = workdir / f"loadgen-{first}.json"
+                proc = subprocess.Popen(
+                    [PYTHON, "-m", "bench._loadgen", "--address", target.address, "--streams", str(count), "--first",
+                     str(first), "--rate", str(RATE), "--flush-interval", str(flush),
+                     "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
+                     "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                gens.append((proc, stats))
         t_connect = time.perf_counter()
         for proc, _ in gens:
             assert proc.stdout is not None
@@ -210,29 +221,32 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         prober = threading.Thread(target=_probe, args=(sup, stop, probes), daemon=True)
         prober.start()
         time.sleep(1.0)
+        pids = [s.pid for s in sups]
         gen_cpu0 = sum(cpu_seconds(p.pid) for p, _ in gens)
-        me0, usage0, threads0 = time.process_time(), cpu_counters(), thread_cpu_seconds(sup.pid)
-        cpu0, t0 = cpu_seconds(sup.pid), time.perf_counter()
-        recv0 = _points_received(sup.address)
+        me0, usage0 = time.process_time(), cpu_counters()
+        loop0 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in pids)
+        cpu0, t0 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
+        recv0 = sum(_points_received(s.address) for s in sups)
         spy = None
-        if profile and shutil.which("py-spy", path=str(Path(PYTHON).parent)):
+        if profile and supervisors == 1 and shutil.which("py-spy", path=str(Path(PYTHON).parent)):
             spy = _start_py_spy(sup.pid, out_dir, min(20.0, window - 3))
         rss_samples = []
         end = t0 + window - 1.0
         while time.perf_counter() < end:
-            rss_samples.append(rss_mib(sup.pid))
+            rss_samples.append(sum(rss_mib(pid) for pid in pids))
             time.sleep(1.0)
-        recv1 = _points_received(sup.address)
-        cpu1, t1 = cpu_seconds(sup.pid), time.perf_counter()
+        recv1 = sum(_points_received(s.address) for s in sups)
+        cpu1, t1 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
         gen_cpu1 = sum(cpu_seconds(p.pid) for p, _ in gens)
-        me1, usage1, threads1 = time.process_time(), cpu_counters(), thread_cpu_seconds(sup.pid)
+        me1, usage1 = time.process_time(), cpu_counters()
+        loop1 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in pids)
         res["machine_usage"] = machine_usage(usage0, usage1)
         res["prober_cpu_cores"] = (me1 - me0) / (t1 - t0)
-        res["supervisor_event_loop_cpu_cores"] = (threads1.get(sup.pid, 0) - threads0.get(sup.pid, 0)) / (t1 - t0)
+        res["supervisor_event_loop_cpu_cores"] = (loop1 - loop0) / (t1 - t0)
         stop.set()
         prober.join(30)
-        res["rss_peak_mib"] = rss_peak_mib(sup.pid)
-        res["rss_mib_end"] = rss_mib(sup.pid)
+        res["rss_peak_mib"] = sum(rss_peak_mib(pid) for pid in pids)  # every process's peak, added up
+        res["rss_mib_end"] = sum(rss_mib(pid) for pid in pids)
         if spy is not None:
             res["profile"] = _finish_py_spy(spy, out_dir)
         for proc, _ in gens:
@@ -341,23 +355,33 @@ def run(quick: bool, out: Path | None = None) -> Result:
     # the same sizes without the plateau policy, to show what policy evaluation costs
     bare = [] if quick else [64, 256, 1000]
     warmup, window = (2.0, 6.0) if quick else (5.0, 25.0)
+    # and the largest split over two supervisor processes, as runs sharded by name would be: does a
+    # second process (its own event loop and GIL) buy latency on this machine?
+    sharded = [] if quick else [sizes[-1]]
     runs = []
-    for n, plateau in [(n, True) for n in sizes] + [(n, False) for n in bare]:
-        print(f"  ... {n} streams{'' if plateau else ', no plateau policy'}", flush=True)
+    plan = [(n, True, 1) for n in sizes] + [(n, False, 1) for n in bare] + [(n, True, 2) for n in sharded]
+    for n, plateau, supervisors in plan:
+        print(f"  ... {n} streams{'' if plateau else ', no plateau policy'}"
+              f"{f', {supervisors} supervisor processes' if supervisors > 1 else ''}", flush=True)
         try:
             runs.append(run_size(n, warmup=warmup, window=window, out_dir=out, plateau=plateau,
-                                 profile=(plateau and n == sizes[-1])))
+                                 profile=(plateau and supervisors == 1 and n == sizes[-1]), supervisors=supervisors))
         except Exception as exc:  # a size that cannot run is reported, the others still are
-            runs.append({"streams": n, "plateau": plateau, "error": f"{type(exc).__name__}: {exc}"})
+            runs.append({"streams": n, "plateau": plateau, "supervisors": supervisors,
+                         "error": f"{type(exc).__name__}: {exc}"})
     for r in runs:
         n = r["streams"]
-        label = f"{n} streams" + ("" if r["plateau"] else " (no policy)")
+        shards = r.get("supervisors", 1)
+        label = f"{n} streams" + ("" if r["plateau"] else " (no policy)") + (
+            f" over {shards} supervisor processes" if shards > 1 else "")
         if "error" in r:
             result.row(label, "failed", note=r["error"])
             continue
         p = r["probes"]
         api, pol, hc = p["api_ms"], p["policy_ms"], p["health_ms"]
-        big = n >= TARGET_STREAMS and r["plateau"]
+        big = n >= TARGET_STREAMS and r["plateau"] and shards == 1
+        shard_note = (f"probes to the first of {shards} processes, {n // shards} streams and "
+                      f"{1000 // shards} messages/s each; " if shards > 1 else "")
         result.row(f"{label}: stored values/s", r["stored_values_s"], "values/s",
                    target=f">= {TARGET_VALUES_S:,} at {TARGET_STREAMS}" if big else "",
                    met=(r["stored_values_s"] >= TARGET_VALUES_S) if big else None,
@@ -369,13 +393,15 @@ def run(quick: bool, out: Path | None = None) -> Result:
                         f"all {n} streams connected in {r['connect_all_s']:.1f} s")
         result.row(f"{label}: control latency under load p50 / p99 (API set -> visible)",
                    f"{api.get('p50', float('nan')):.1f} / {api.get('p99', float('nan')):.1f}", "ms",
-                   target=f"p99 < {TARGET_P99_MS:g} ms" if r["plateau"] else "",
-                   met=api.get("p99", math.inf) < TARGET_P99_MS if r["plateau"] else None,
-                   note=f"{api.get('n', 0)} probes; Health.Check p50 {hc.get('p50', float('nan')):.1f} / p99 "
+                   target=f"p99 < {TARGET_P99_MS:g} ms" if r["plateau"] and shards == 1 else "",
+                   met=api.get("p99", math.inf) < TARGET_P99_MS if r["plateau"] and shards == 1 else None,
+                   note=f"{shard_note}{api.get('n', 0)} probes; Health.Check p50 "
+                        f"{hc.get('p50', float('nan')):.1f} / p99 "
                         f"{hc.get('p99', float('nan')):.1f} ms; report -> policy -> visible p50 "
                         f"{pol.get('p50', float('nan')):.1f} / p99 {pol.get('p99', float('nan')):.1f} ms; "
                         f"lost {p['lost']}; failed {p.get('failed', 0)} {'; '.join(r.get('probe_failures', []))[:300]}")
-        result.row(f"{label}: supervisor CPU / peak RSS", f"{r['supervisor_cpu_cores']:.2f} cores / "
+        result.row(f"{label}: supervisor CPU / peak RSS" + (" (all processes)" if shards > 1 else ""),
+                   f"{r['supervisor_cpu_cores']:.2f} cores / "
                    f"{r['rss_peak_mib']:.0f} MiB", "",
                    target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
                    note=f"{r['stored_values_s'] / max(r['supervisor_cpu_cores'], 1e-9):,.0f} values stored per "
@@ -393,7 +419,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
                        note=top + f" ({prof['samples']} samples; {prof['svg']})")
             result.plots.append(prof["svg"])
     result.data = {"runs": runs, "sizes": sizes, "warmup_s": warmup, "window_s": window}
-    if len([r for r in runs if "error" not in r and r["plateau"]]) > 1:
+    if len([r for r in runs if "error" not in r and r["plateau"] and r["supervisors"] == 1]) > 1:
         result.plots.append(_plot(runs, out))
     return result
 
@@ -404,7 +430,7 @@ def _plot(runs: list[dict[str, Any]], out: Path) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ok = [r for r in runs if "error" not in r and r["plateau"]]
+    ok = [r for r in runs if "error" not in r and r["plateau"] and r.get("supervisors", 1) == 1]
     n = [r["streams"] for r in ok]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     axes[0].plot(n, [r["offered_values_s"] for r in ok], "--", label="offered")
