@@ -23,6 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -163,6 +164,17 @@ def _durable(method: Callable[..., T]) -> Callable[..., T]:
     return method
 
 
+def _atomic(method: Callable[..., T]) -> Callable[..., T]:
+    """Mark a write whose every statement is inside one ``_txn`` and that handles no failure inside it.
+
+    In ``run_group`` such a write needs no savepoint of its own: its job's
+    savepoint (or, alone in its group, the group's rollback) undoes all of it.
+    Each statement saved matters there: each one releases and retakes the GIL.
+    """
+    method.atomic = True  # type: ignore[attr-defined]
+    return method
+
+
 class Store:
     """One SQLite file; a connection per thread that uses it."""
 
@@ -170,6 +182,7 @@ class Store:
         self.path = str(path)
         conn = self._connect()
         self._conn = conn
+        self._job_is_atomic = False
         with self._txn():
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -201,6 +214,7 @@ class Store:
         other = object.__new__(Store)
         other.path = self.path
         other._conn = self._connect()
+        other._job_is_atomic = False
         return other
 
     def close(self) -> None:
@@ -266,6 +280,7 @@ class Store:
 
     # -- changes -------------------------------------------------------------------------
 
+    @_atomic
     @_durable
     def record_change(
         self,
@@ -299,12 +314,17 @@ class Store:
                     " apply_at_step, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (run_id, version, now, kind, source, reason, body, trigger, apply_at_step, step),
                 )
-                if version is not None:
-                    self._conn.execute("UPDATE runs SET version = ? WHERE id = ?", (version, run_id))
-                if values is not None:
-                    self._conn.execute("UPDATE runs SET vals = ? WHERE id = ?", (json.dumps(values), run_id))
-                if pinned is not None:
-                    self._conn.execute("UPDATE runs SET pinned = ? WHERE id = ?", (json.dumps(sorted(pinned)), run_id))
+                if version is not None or values is not None or pinned is not None:
+                    self._conn.execute(  # one statement: each one retakes the GIL, which is busy under load
+                        "UPDATE runs SET version = COALESCE(?, version), vals = COALESCE(?, vals),"
+                        " pinned = COALESCE(?, pinned) WHERE id = ?",
+                        (
+                            version,
+                            None if values is None else json.dumps(values),
+                            None if pinned is None else json.dumps(sorted(pinned)),
+                            run_id,
+                        ),
+                    )
                 return int(cur.lastrowid or 0)
         finally:
             if durable:
@@ -345,6 +365,7 @@ class Store:
             for r in rows
         ]
 
+    @_atomic
     def record_acks(
         self, run_id: int, rank: int, *, after: int, up_to: int, step: int, when: float
     ) -> list[tuple[int, float]]:
@@ -386,6 +407,7 @@ class Store:
             )
             return int(cur.lastrowid or 0), 0, False
 
+    @_atomic
     def insert_metrics(
         self,
         batches: Sequence[tuple[int, int, int, int, MetricColumns]],
@@ -493,33 +515,46 @@ class Store:
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _txn(self) -> _Transaction:
-        return _Transaction(self._conn)
+    def _txn(self) -> AbstractContextManager[sqlite3.Connection]:
+        """BEGIN ... COMMIT, or a savepoint inside a group; nothing for an ``@_atomic`` write in a group."""
+        return nullcontext(self._conn) if self._job_is_atomic else _Transaction(self._conn)
 
     def run_group(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
         """Run writes in one transaction, each in its own savepoint; a result or the exception per job.
 
         A job that raises is rolled back alone and the others commit. The commit
         is ``synchronous=FULL`` when any job is a durable write (``record_change``).
+        Every statement releases and retakes the GIL, which the event loop keeps
+        busy under load, so a group runs none it does not need: a lone job (most
+        groups under load) needs no savepoint of its own, and an ``@_atomic``
+        write no nested one.
         """
         conn = self._conn
         durable = any(getattr(fn, "durable", False) for fn, _, _ in jobs)
         results: list[Any] = []
+        alone = len(jobs) == 1
         try:
             if durable:
                 conn.execute("PRAGMA synchronous=FULL")  # cannot change inside a transaction
             conn.execute("BEGIN IMMEDIATE")
             for fn, args, kwargs in jobs:
-                conn.execute("SAVEPOINT job")
+                if not alone:
+                    conn.execute("SAVEPOINT job")
+                self._job_is_atomic = getattr(fn, "atomic", False)
                 try:
                     results.append(fn(self, *args, **kwargs))
                 except Exception as exc:
+                    if alone:  # nothing else to keep: undo all of it
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        return [exc]
                     try:
                         conn.execute("ROLLBACK TO job")
                     except sqlite3.Error:
                         raise exc from None  # SQLite dropped the whole transaction: the group fails on this
                     results.append(exc)
-                conn.execute("RELEASE job")
+                if not alone:
+                    conn.execute("RELEASE job")
             conn.execute("COMMIT")
         except BaseException as exc:  # the group as a whole failed (disk full, I/O error, ...): none of it is stored
             if conn.in_transaction:
@@ -529,6 +564,7 @@ class Store:
                     pass
             return [_group_failure(exc) for _ in jobs]
         finally:
+            self._job_is_atomic = False
             if durable and not conn.in_transaction:
                 try:
                     conn.execute("PRAGMA synchronous=NORMAL")

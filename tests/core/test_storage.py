@@ -175,6 +175,37 @@ def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> 
     assert not store._conn.in_transaction
 
 
+def test_a_lone_write_runs_without_a_savepoint_and_a_failing_one_leaves_nothing(tmp_path: Path) -> None:
+    store = Store(tmp_path / "lone.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    assert store.run_group([(Store.record_change, (run_id,), _change(1, 0.1))])[0]
+    assert not any(s.startswith("SAVEPOINT") for s in statements)  # each statement retakes the GIL
+    assert store.load_runs()[0].version == 1
+    [result] = store.run_group([(_fail, (run_id,), {})])
+    assert isinstance(result, ValueError)
+    assert store.load_runs()[0].outcome == 0  # what it wrote before failing is rolled back
+    assert not store._conn.in_transaction
+    assert store.run_group([(Store.set_outcome, (run_id, 1), {})]) == [None]  # the connection still writes
+    assert store.load_runs()[0].outcome == 1
+
+
+def test_an_atomic_write_that_fails_midway_in_a_group_is_undone_alone(tmp_path: Path) -> None:
+    store = Store(tmp_path / "atomic.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    statements: list[str] = []
+    store._conn.set_trace_callback(statements.append)
+    change = Store.record_change
+    unserialisable = {**_change(2, 0.2), "values": {"lr": object()}}  # fails after its INSERT, before its UPDATE
+    results = store.run_group([(change, (run_id,), _change(1, 0.1)), (change, (run_id,), unserialisable),
+                               (change, (run_id,), _change(3, 0.3))])
+    assert isinstance(results[1], TypeError) and results[0] and results[2]
+    assert [row.version for row in store.history(run_id)] == [1, 3]
+    assert store.load_runs()[0].version == 3
+    assert statements.count("SAVEPOINT job") == 3 and not any("SAVEPOINT txn" in s for s in statements)
+
+
 def test_concurrent_writes_each_return_after_their_commit(tmp_path: Path) -> None:
     from supervisor.storage import Database
 
