@@ -156,11 +156,17 @@ def _fail(store: Store, run_id: int) -> None:
     raise ValueError("this write fails after writing")
 
 
-def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> None:
-    store = Store(tmp_path / "g.db")
+def _traced(path: Path) -> tuple[Store, int, list[str]]:
+    """A store with one run, and the list every statement it runs from now on is appended to."""
+    store = Store(path)
     run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
+    return store, run_id, statements
+
+
+def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> None:
+    store, run_id, statements = _traced(tmp_path / "g.db")
     change = Store.record_change
     results = store.run_group([(change, (run_id,), _change(1, 0.1)), (_fail, (run_id,), {}),
                                (change, (run_id,), _change(2, 0.2))])
@@ -176,10 +182,7 @@ def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> 
 
 
 def test_a_lone_write_runs_without_a_savepoint_and_a_failing_one_leaves_nothing(tmp_path: Path) -> None:
-    store = Store(tmp_path / "lone.db")
-    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
-    statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)
+    store, run_id, statements = _traced(tmp_path / "lone.db")
     assert store.run_group([(Store.record_change, (run_id,), _change(1, 0.1))])[0]
     assert not any(s.startswith("SAVEPOINT") for s in statements)  # each statement retakes the GIL
     assert store.load_runs()[0].version == 1
@@ -192,10 +195,7 @@ def test_a_lone_write_runs_without_a_savepoint_and_a_failing_one_leaves_nothing(
 
 
 def test_an_atomic_write_that_fails_midway_in_a_group_is_undone_alone(tmp_path: Path) -> None:
-    store = Store(tmp_path / "atomic.db")
-    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
-    statements: list[str] = []
-    store._conn.set_trace_callback(statements.append)
+    store, run_id, statements = _traced(tmp_path / "atomic.db")
     change = Store.record_change
     unserialisable = {**_change(2, 0.2), "values": {"lr": object()}}  # fails after its INSERT, before its UPDATE
     results = store.run_group([(change, (run_id,), _change(1, 0.1)), (change, (run_id,), unserialisable),
