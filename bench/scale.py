@@ -112,18 +112,21 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
     channel = grpc.insecure_channel(sup.address)
     health = health_pb2_grpc.HealthStub(channel)
     poller = Poller([api, kick], "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
+    done = threading.Event()  # set once the API probes end: the kicker stops before the sessions close
+    kicker = threading.Thread(target=_repeat, args=("kicker", _kick_once, (poller, kick), done, out, 2), daemon=True)
     try:
         t0 = time.monotonic()
         if not (api.wait_connected(60) and kick.wait_connected(60)):
             out["failed"].append(f"probe sessions not connected after {time.monotonic() - t0:.0f} s")
         poller.start()
-        kicker = threading.Thread(target=_repeat, args=(_kick_once, (poller, kick), stop, out, 2), daemon=True)
         kicker.start()
-        _repeat(_api_once, (client, health, poller), stop, out, 1)
-        kicker.join(60)
+        _repeat("API prober", _api_once, (client, health, poller), stop, out, 1)
     except Exception as exc:  # report, do not lose, why probing stopped
         out["failed"].append(f"prober stopped: {type(exc).__name__}: {exc}"[:200])
     finally:
+        done.set()
+        if kicker.is_alive():
+            kicker.join(60)
         poller.stop.set()
         client.close()
         channel.close()
@@ -131,17 +134,25 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
         kick.close(timeout=1)
 
 
-def _repeat(probe: Any, args: tuple[Any, ...], stop: threading.Event, out: dict[str, list[Any]], seed: int) -> None:
-    """Call ``probe(i, *args, out)`` with a random 50-150 ms pause between calls until ``stop``."""
+def _repeat(name: str, probe: Any, args: tuple[Any, ...], stop: threading.Event, out: dict[str, list[Any]],
+            seed: int) -> None:
+    """Call ``probe(i, *args, out)`` with a random 50-150 ms pause between calls until ``stop``.
+
+    A call past its deadline is counted and probing goes on; anything else ends this loop
+    and is reported in ``out["failed"]``, not lost.
+    """
     rng = random.Random(seed)
     i = 0
-    while not stop.is_set():
-        i += 1
-        try:
-            probe(i, *args, out)
-        except grpc.RpcError as exc:  # a call past its deadline: the control path is that slow
-            out["failed"].append(f"{exc.code().name}: {exc.details()}"[:200])
-        stop.wait(rng.uniform(0.05, 0.15))
+    try:
+        while not stop.is_set():
+            i += 1
+            try:
+                probe(i, *args, out)
+            except grpc.RpcError as exc:  # a call past its deadline: the control path is that slow
+                out["failed"].append(f"{exc.code().name}: {exc.details()}"[:200])
+            stop.wait(rng.uniform(0.05, 0.15))
+    except Exception as exc:
+        out["failed"].append(f"{name} stopped: {type(exc).__name__}: {exc}"[:200])
 
 
 def _api_once(i: int, client: Any, health: Any, poller: Poller, out: dict[str, list[Any]]) -> None:
@@ -195,7 +206,10 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         gens = []
         share = n // supervisors
         for k, target in enumerate(sups):
-            for first, count in _processes(share + (n % supervisors if k == 0 else 0)):
+            mine = share + (n % supervisors if k == 0 else 0)
+            if mine == 0:  # fewer streams than supervisors: this one only serves nobody
+                continue
+            for first, count in _processes(mine):
                 first += k * share + (n % supervisors if k else 0)
                 stats = workdir / f"loadgen-{first}.json"
                 proc = subprocess.Popen(
@@ -405,7 +419,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    f"{r['rss_peak_mib']:.0f} MiB", "",
                    target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
                    note=f"{r['stored_values_s'] / max(r['supervisor_cpu_cores'], 1e-9):,.0f} values stored per "
-                        f"supervisor CPU-second; its event-loop thread {r['supervisor_event_loop_cpu_cores']:.2f} "
+                        f"supervisor CPU-second; "
+                        f"{'their event-loop threads together' if shards > 1 else 'its event-loop thread'} "
+                        f"{r['supervisor_event_loop_cpu_cores']:.2f} "
                         f"cores; load generators "
                         f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
                         f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; "
