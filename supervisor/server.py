@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import hmac
 import logging
 import signal
@@ -16,6 +15,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from supervisor import gc_tuning
 from supervisor.core import Supervisor
 from supervisor.http_gateway import HttpGateway
 from supervisor.services import UNAUTHENTICATED_DETAILS, OperatorService, TrainerService
@@ -167,28 +167,6 @@ async def _set_health(servicer: Any, status: int) -> None:
             await result
 
 
-GC_THRESHOLDS = (50_000, 20, 100)
-"""The cyclic collector's thresholds in a serving process (CPython's default: 700, 10, 10).
-
-At 1000 streams the defaults ran a young collection 25 times a second and a full one
-every 5 s, each full one holding the GIL for about 120 ms (the streams' gRPC state, history
-rings, lanes), which every RPC waiting on the event loop paid; they found almost nothing
-(a few dozen objects per full collection). These keep young collections (which find what
-little cyclic garbage there is) and make the full ones rare.
-"""
-
-
-def tune_collector() -> None:
-    """Set a serving process's garbage collector for latency; see ``GC_THRESHOLDS``.
-
-    ``gc.freeze()`` first moves everything alive after start-up (modules, classes, the
-    compiled protos) out of the collector's sight for good.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
-
-
 async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     stop = asyncio.Event()
@@ -197,19 +175,26 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
         loop.add_signal_handler(signum, stop.set)
     server = SupervisorServer(config)
     if server.policy_host is not None:
-        host = server.policy_host
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(host.reload()))
+        policy_host = server.policy_host
+
+        async def reload() -> None:
+            await policy_host.reload()
+            gc_tuning.unfreeze()
+
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
     await server.start()
-    tune_collector()
+    gc_tuning.tune_collector()
+    collector = asyncio.create_task(gc_tuning.collect_periodically(), name="gc")
     if server.http_url is not None:  # before the listening line: whoever waits for that one finds it
         print(f"http gateway on {server.http_url}", flush=True)
     print(f"listening on {config.host}:{server.port}", flush=True)
     if server.metrics_address is not None:
-        host, port = server.metrics_address
-        print(f"metrics on http://{host}:{port}/metrics", flush=True)
+        metrics_host, metrics_port = server.metrics_address
+        print(f"metrics on http://{metrics_host}:{metrics_port}/metrics", flush=True)
     if ready is not None:
         ready(server)
     await stop.wait()
     log.info("shutting down")
+    collector.cancel()
     await server.stop()
     print("stopped", file=sys.stderr, flush=True)

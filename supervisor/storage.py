@@ -520,7 +520,7 @@ class Store:
         return nullcontext(self._conn) if self._job_is_atomic else _Transaction(self._conn)
 
     def run_group(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
-        """Run writes in one transaction, each in its own savepoint; a result or the exception per job.
+        """Run writes in one transaction, each alone if it fails; a result or the exception per job.
 
         A job that raises is rolled back alone and the others commit. The commit
         is ``synchronous=FULL`` when any job is a durable write (``record_change``).

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from tests.conftest import ROOT
 
@@ -27,7 +31,7 @@ asyncio.run(serve(ServerConfig(port=0, db=Path(sys.argv[1])), ready=ready))
 
 
 def test_serve_freezes_start_up_objects_and_raises_the_collector_thresholds(tmp_path: Path) -> None:
-    from supervisor.server import GC_THRESHOLDS
+    from supervisor.gc_tuning import THRESHOLDS
 
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "gc.db")], cwd=ROOT, capture_output=True, text=True, timeout=60
@@ -35,5 +39,20 @@ def test_serve_freezes_start_up_objects_and_raises_the_collector_thresholds(tmp_
     assert proc.returncode == 0, proc.stderr
     report = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("{")))
     assert tuple(report["before"]) == (700, 10, 10)  # CPython's defaults until the server is up
-    assert tuple(report["after"]) == GC_THRESHOLDS
+    assert tuple(report["after"]) == THRESHOLDS
     assert report["frozen"] > 10_000  # modules, classes and compiled protos moved out of the collector's sight
+
+
+def test_full_collections_still_run_on_a_schedule() -> None:
+    from supervisor.gc_tuning import collect_periodically
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(collect_periodically(interval=0.01))
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    before = gc.get_stats()[2]["collections"]
+    asyncio.run(run_briefly())
+    assert gc.get_stats()[2]["collections"] - before >= 5  # with raised thresholds, only this finds old cycles

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import SUPERVISOR, free_port, wait_until
 from trainer_sdk import Float, connect
 
@@ -171,11 +173,13 @@ step_size = 100000
 """
 
 
-def test_sighup_reloads_policies_and_a_schedule_changes_mid_run(tmp_path, supervisor_factory):
+@pytest.mark.parametrize("metrics", [False, True], ids=["plain", "with-metrics-port"])
+def test_sighup_reloads_policies_and_a_schedule_changes_mid_run(tmp_path, supervisor_factory, metrics):
     import signal
 
     config = write(tmp_path, SCHEDULE.format(base=0.1))
-    supervisor = supervisor_factory(tmp_path / "h.db", args=("--config", str(config)))
+    extra = ("--metrics-port", "0") if metrics else ()  # serve() once reloaded on a name the metrics line reused
+    supervisor = supervisor_factory(tmp_path / "h.db", args=("--config", str(config), *extra))
     hp = connect(
         run="sched-1", params={"lr": Float(0.05, min=1e-6, max=1.0)}, address=supervisor.address, telemetry=False
     )
