@@ -217,6 +217,11 @@ class _Series:
         return list(zip(steps, values, strict=True))
 
 
+def _for_policies(step: int, when: float) -> bool:
+    """Whether a stored point is one policies see: what ``MetricPoint`` promises them."""
+    return step >= 0 and math.isfinite(when)
+
+
 def _after(batches: list[Any], b: int, index: int) -> list[Any]:
     """The batches left once point ``index`` of batch ``b`` is done."""
     rank, columns, _ = batches[b]
@@ -397,7 +402,7 @@ class PolicyHost:
                         else:
                             lane.popleft()
                         _, step, when, values = next(columns.points(start))
-                        if step >= 0 and math.isfinite(when):  # what MetricPoint promises policies
+                        if _for_policies(step, when):
                             await self._handle(run, "point", (rank, step, when, values))
                     else:
                         kind, payload = lane.popleft()
@@ -476,11 +481,10 @@ class PolicyHost:
         runners: list[PolicyRunner], view: LiveRunView, batches: list[Any], progress: _Progress
     ) -> tuple[list[Any], list[Outcome]]:
         """Runs in a worker thread. Returns the batches not evaluated (to queue again) and the outcomes."""
-        isfinite = math.isfinite
         try:
             for b, (rank, columns, start) in enumerate(batches):
                 for index, step, when, values in columns.points(start):
-                    if step < 0 or not isfinite(when):  # what MetricPoint promises policies
+                    if not _for_policies(step, when):
                         continue
                     view.record_from(columns, index, step)
                     point = MetricPoint.from_host(view.run, step, when, values, rank)  # checked just above

@@ -300,35 +300,28 @@ class Store:
     ) -> int:
         """Append to the history; with ``values`` also make them the run's current state.
 
-        A versioned entry is committed with synchronous=FULL: it must survive
-        before any trainer hears of it.
+        Marked ``@_durable``: the commit that holds it (``run_group``) runs with
+        synchronous=FULL, since an entry must survive before any trainer hears of it.
         """
         body = json.dumps({"changes": {name: [old, new] for name, (old, new) in changes.items()}})
-        durable = version is not None and not self._conn.in_transaction  # in a group: the group's commit
-        if durable:
-            self._conn.execute("PRAGMA synchronous=FULL")
-        try:
-            with self._txn():
-                cur = self._conn.execute(
-                    "INSERT INTO changes (run_id, version, time, kind, source, reason, body, trigger_name,"
-                    " apply_at_step, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (run_id, version, now, kind, source, reason, body, trigger, apply_at_step, step),
+        with self._txn():
+            cur = self._conn.execute(
+                "INSERT INTO changes (run_id, version, time, kind, source, reason, body, trigger_name,"
+                " apply_at_step, step) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, version, now, kind, source, reason, body, trigger, apply_at_step, step),
+            )
+            if version is not None or values is not None or pinned is not None:
+                self._conn.execute(  # one statement: each one retakes the GIL, which is busy under load
+                    "UPDATE runs SET version = COALESCE(?, version), vals = COALESCE(?, vals),"
+                    " pinned = COALESCE(?, pinned) WHERE id = ?",
+                    (
+                        version,
+                        None if values is None else json.dumps(values),
+                        None if pinned is None else json.dumps(sorted(pinned)),
+                        run_id,
+                    ),
                 )
-                if version is not None or values is not None or pinned is not None:
-                    self._conn.execute(  # one statement: each one retakes the GIL, which is busy under load
-                        "UPDATE runs SET version = COALESCE(?, version), vals = COALESCE(?, vals),"
-                        " pinned = COALESCE(?, pinned) WHERE id = ?",
-                        (
-                            version,
-                            None if values is None else json.dumps(values),
-                            None if pinned is None else json.dumps(sorted(pinned)),
-                            run_id,
-                        ),
-                    )
-                return int(cur.lastrowid or 0)
-        finally:
-            if durable:
-                self._conn.execute("PRAGMA synchronous=NORMAL")
+            return int(cur.lastrowid or 0)
 
     def history(self, run_id: int, *, after_version: int | None = None) -> list[ChangeRow]:
         if after_version is None:

@@ -18,9 +18,9 @@ from trainer_sdk._state import ChangeEvent, SessionState
 log = logging.getLogger("trainer_sdk")
 
 DEFAULT_BUFFER_SIZE = 65_536
+"""Metric points a session holds until the supervisor has stored them; past it the oldest are dropped."""
 DEFAULT_FLUSH_INTERVAL = 0.25
 """Seconds between metric batches in a steady stream, unless the supervisor paces for longer."""
-"""Metric points a session holds until the supervisor has stored them; past it the oldest are dropped."""
 
 _live_sessions: weakref.WeakSet[Session] = weakref.WeakSet()
 
