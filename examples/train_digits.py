@@ -90,6 +90,7 @@ def connect_params(args: argparse.Namespace) -> Any:
             "clip_norm": Float(args.clip_norm, min=1e-3, max=1e6),
         },
         address=args.address,
+        transport=args.transport,  # "process": the connection lives in a sidecar, not in threads here
     )
 
 
@@ -195,6 +196,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--address", default=os.environ.get("SUPERVISOR_ADDR"),
                    help="supervisor host:port (default $SUPERVISOR_ADDR; none: offline)")
     p.add_argument("--no-sdk", action="store_true", help="plain constants, no SDK (overhead baseline)")
+    p.add_argument("--transport", choices=("thread", "process"), default="thread",
+                   help="where the SDK's connection lives: threads in this process, or a sidecar process")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--steps-per-epoch", type=int, default=0, help="default: one pass over the training set")

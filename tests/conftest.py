@@ -111,7 +111,8 @@ def supervisor(supervisor_factory: callable) -> SupervisorProcess:
 class TrainerProcess:
     """tests/core/trainer.py in a subprocess; it prints one JSON object per event."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, start_new_session: bool = False) -> None:
+        self.stderr = ""
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "core" / "trainer.py"), *args],
             stdout=subprocess.PIPE,
@@ -119,10 +120,12 @@ class TrainerProcess:
             text=True,
             cwd=ROOT,
             env={**os.environ, **(env or {})},
+            start_new_session=start_new_session,
         )
 
     def events(self, timeout: float = 120.0) -> list[dict]:
         out, err = self.proc.communicate(timeout=timeout)
+        self.stderr = err
         assert self.proc.returncode == 0, f"trainer failed ({self.proc.returncode}): {err[-3000:]}"
         return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 

@@ -59,6 +59,8 @@ class Session:
 
     def as_dict(self) -> dict[str, ParamValue]:
         """A consistent snapshot of every parameter."""
+        if self._transport is not None:
+            self._transport.poll()
         return self._state.snapshot()[1]
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -121,11 +123,13 @@ class Session:
     @property
     def version(self) -> int:
         """Version of the values now visible; 0 for the declared defaults."""
+        if self._transport is not None:
+            self._transport.poll()
         return self._state.version
 
     @property
     def connected(self) -> bool:
-        return self._transport is not None and self._transport.connected.is_set()
+        return self._transport is not None and self._transport.is_connected()
 
     @property
     def dropped(self) -> int:
@@ -149,7 +153,7 @@ class Session:
         """Block until connected (for scripts and tests; a training loop never needs it)."""
         if self._transport is None:
             return False
-        return self._transport.connected.wait(timeout)
+        return self._transport.wait_connected(timeout)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Send what is queued now; block until it is stored by the supervisor, or timeout.
@@ -160,13 +164,7 @@ class Session:
         """
         if self._transport is None:
             return False
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self._transport.request_flush()
-        while not self._transport.flushed():
-            if deadline is not None and time.monotonic() >= deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return self._transport.flush(timeout)
 
     def close(self, *, timeout: float = 5.0, failed: bool = False) -> None:
         """Send what is buffered (waiting up to ``timeout`` seconds), say goodbye, stop threads."""
@@ -180,7 +178,7 @@ class Session:
             log.warning(
                 "closing run %r with %d metric points not stored by the supervisor",
                 self._state.run,
-                len(transport._unacked) + len(self._state.queue),
+                transport.unstored(),
             )
         self._state.stop_callbacks()
         sampler = getattr(self._state, "sampler", None)
@@ -233,6 +231,38 @@ def _make_report(state: SessionState) -> Callable[..., None]:
     return report
 
 
+def _make_process_report(state: SessionState, transport: Any) -> Callable[..., None]:
+    """``report`` for ``transport="process"``: the thread transport's, plus this process's share of the I/O.
+
+    On top of the append it reads the bell (one shared byte) and compares the
+    time with when points are next due; only then does it call into the
+    transport, which converts and ships points or applies what arrived.
+    """
+    q = state.queue
+    append = q.append
+    capacity = state.buffer_size
+    now = time.time
+    bell = transport.bell
+    due = transport.due
+    service = transport.service
+    ship_at = min(capacity, transport.ship_at_points)
+
+    def report(step: int, /, **metrics: Any) -> None:
+        n = len(q)
+        if n >= capacity:
+            state.overflow += 1
+        t = now()
+        append((step, t, metrics))
+        state.last_step = step
+        if step >= state.gate:
+            state.apply_due(step)
+            service()
+        elif bell[0] or t >= due[0] or n >= ship_at:
+            service()
+
+    return report
+
+
 def _offline_report(step: int, /, **metrics: Any) -> None:
     return None
 
@@ -267,6 +297,7 @@ def connect(
     flush_interval: float = DEFAULT_FLUSH_INTERVAL,
     backoff_max: float = 5.0,
     telemetry: bool | float = True,
+    transport: str = "thread",
 ) -> Session:
     """Declare live parameters for ``run`` and start talking to the supervisor in the background.
 
@@ -281,7 +312,17 @@ def connect(
     (at once after a quiet spell), or less often when the supervisor asks for
     it (it paces its trainers as their number grows; ``hp.flush_interval``
     says what is in force); acknowledgements of changes go at once.
+
+    ``transport`` says where the connection lives. ``"thread"`` (the default):
+    background threads in this process, which apply a change the moment it
+    arrives. ``"process"``: a sidecar process started with this interpreter;
+    the training process runs no SDK thread, and a change is applied (and
+    acknowledged) at the next ``report`` or status read (``hp.version``,
+    ``hp.connected``, ``hp.flush``). It costs the training loop less (see
+    BENCHMARKS.md) but needs a loop that reports.
     """
+    if transport not in ("thread", "process"):
+        raise ValueError(f'transport must be "thread" or "process", got {transport!r}')
     if not isinstance(run, str) or not run.strip() or len(run) > 200 or not run.isprintable():
         raise ValueError(f"run must be a non-empty printable name of at most 200 characters, got {run!r}")
     if not isinstance(params, Mapping):
@@ -316,20 +357,27 @@ def connect(
         _specialise(session, values, _offline_report)
         return session
 
-    from trainer_sdk._transport import Transport
+    options = {
+        "address": address,
+        "session_id": uuid.uuid4().hex,
+        "token": token or os.environ.get("SUPERVISOR_TOKEN") or None,
+        "flush_interval": flush_interval,
+        "backoff_max": backoff_max,
+    }
+    if transport == "process":
+        from trainer_sdk._process_transport import ProcessTransport
 
-    transport = Transport(
-        state,
-        address=address,
-        session_id=uuid.uuid4().hex,
-        token=token or os.environ.get("SUPERVISOR_TOKEN") or None,
-        flush_interval=flush_interval,
-        backoff_max=backoff_max,
-    )
-    object.__setattr__(session, "_transport", transport)
-    _specialise(session, values, _make_report(state))
+        connection: Any = ProcessTransport(state, **options)
+        report = _make_process_report(state, connection)
+    else:
+        from trainer_sdk._transport import Transport
+
+        connection = Transport(state, **options)
+        report = _make_report(state)
+    object.__setattr__(session, "_transport", connection)
+    _specialise(session, values, report)
     _live_sessions.add(session)
-    transport.start()
+    connection.start()
     if telemetry:
         _start_telemetry(session, 5.0 if telemetry is True else float(telemetry))
     return session
@@ -371,6 +419,9 @@ def _after_fork_in_child() -> None:
     # not their threads: make them inert there instead of growing a queue nobody drains.
     for session in list(_live_sessions):
         _specialise(session, session.__dict__, _offline_report)
+        forget = getattr(session._transport, "forget_in_child", None)
+        if forget is not None:
+            forget()
         object.__setattr__(session, "_transport", None)
     _live_sessions.clear()
 

@@ -22,7 +22,6 @@ import os
 import queue
 import random
 import socket
-import sys
 import threading
 import time
 from collections import deque
@@ -31,6 +30,7 @@ from typing import Any
 import grpc
 
 from trainer_sdk import _wire
+from trainer_sdk._points import PointConverter
 from trainer_sdk._state import Delta, SessionState
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
@@ -95,7 +95,8 @@ class Transport:
         self._sent_seq = 0
         self._metrics_queued = False  # a _METRICS token waits in the outbox
         self._dropped = 0
-        self._warned_metrics: set[str] = set()
+        self._draining = False
+        self._converter = PointConverter(state)
         self._goodbye: pb.Goodbye | None = None
         self._flush_now = False
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
@@ -118,7 +119,30 @@ class Transport:
 
     def flushed(self) -> bool:
         """True when every point reported so far is stored by the supervisor."""
-        return not self.state.queue and not self._unacked
+        return not self.state.queue and not self._unacked and not self._draining
+
+    def unstored(self) -> int:
+        """Points reported but not yet stored by the supervisor."""
+        return len(self.state.queue) + len(self._unacked)
+
+    def poll(self) -> None:
+        """Nothing to do: this transport's threads apply what arrives at once."""
+
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
+
+    def wait_connected(self, timeout: float | None) -> bool:
+        return self.connected.wait(timeout)
+
+    def flush(self, timeout: float | None) -> bool:
+        """Send what is queued now; wait until the supervisor stored it, or ``timeout`` passed."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.request_flush()
+        while not self.flushed():
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
 
     # -- pump thread -----------------------------------------------------------------
 
@@ -163,86 +187,21 @@ class Transport:
                 return
 
     def _drain(self) -> None:
-        popleft = self.state.queue.popleft
-        torch = sys.modules.get("torch")  # tensors exist only if the trainer imported torch
-        tensor_type = torch.Tensor if torch is not None else ()
-        tensors: list[tuple[dict[str, float], str, Any]] = []
-        converted = []
-        while True:
-            try:
-                step, when, metrics = popleft()
-            except IndexError:
-                break
-            values: dict[str, float] = {}
-            for name, value in metrics.items():
-                # Floats inline (this loop runs for every value); tensors are converted
-                # together below; anything else (ints, numpy scalars) takes the slow path.
-                if type(value) is float:
-                    if value - value != 0.0:  # NaN or an infinity
-                        self._non_finite(name, value)
-                    values[name] = value
-                elif isinstance(value, tensor_type):
-                    tensors.append((values, name, value))
-                else:
-                    self._keep(values, name, self._to_float(name, value))
-            converted.append((next(self._seq), int(step), when, values))
-        if tensors:
-            self._tensors_to_floats(torch, tensors)
-        if not converted:
-            return
-        unacked = self._unacked
-        capacity = self.state.buffer_size
-        with self._send_lock:
-            unacked.extend(converted)
-            while len(unacked) > capacity:
-                unacked.popleft()
-                self._dropped += 1
-
-    def _tensors_to_floats(self, torch: Any, tensors: list[tuple[dict[str, float], str, Any]]) -> None:
-        """Convert a drain's 0-d tensors with one torch call per device, not one ``.item()`` each.
-
-        Every torch call releases and retakes the GIL; one per tensor, on this
-        thread, made the training thread wait for the GIL after its own torch
-        calls hundreds of times a second. A CUDA tensor syncs here, off the
-        training thread, once per device and drain.
-        """
-        by_device: dict[Any, list[tuple[dict[str, float], str, Any]]] = {}
-        for item in tensors:
-            by_device.setdefault(item[2].device, []).append(item)
-        for items in by_device.values():
-            try:
-                numbers = torch.stack([t for _, _, t in items]).double().tolist()
-            except (RuntimeError, TypeError, ValueError):  # shapes that do not stack: one at a time
-                numbers = [t for _, _, t in items]
-            for (values, name, _), number in zip(items, numbers, strict=True):
-                # a float, or what did not stack (or stacked to a list: several elements each)
-                self._keep(values, name, number if type(number) is float else self._to_float(name, number))
-
-    def _keep(self, values: dict[str, float], name: str, number: float | None) -> None:
-        if number is not None:
-            if number - number != 0.0:  # NaN or an infinity
-                self._non_finite(name, number)
-            values[name] = number
-
-    def _non_finite(self, name: str, number: float) -> None:
-        if ("nf:" + name) not in self._warned_metrics:
-            self._warned_metrics.add("nf:" + name)
-            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, self.state.last_step)
-
-    def _to_float(self, name: str, value: Any) -> float | None:
-        if isinstance(value, str):
-            number = None
-        else:
-            try:
-                number = float(value)  # a tensor's .item() runs here, off the training thread
-            except (TypeError, ValueError, RuntimeError):
-                number = None
-        if number is None:
-            if name not in self._warned_metrics:
-                self._warned_metrics.add(name)
-                log.warning("metric %r: %r is not a number; dropping such values", name, value)
-            return None
-        return number
+        self._draining = True  # flushed() must not see the points between the queue and unacked
+        try:
+            converted = self._converter.drain(self.state.queue)
+            if not converted:
+                return
+            seq = self._seq
+            unacked = self._unacked
+            capacity = self.state.buffer_size
+            with self._send_lock:
+                unacked.extend([(next(seq), step, when, values) for step, when, values in converted])
+                while len(unacked) > capacity:
+                    unacked.popleft()
+                    self._dropped += 1
+        finally:
+            self._draining = False
 
     def _send(self) -> None:
         state = self.state

@@ -7,7 +7,19 @@ import math
 import time
 from collections import Counter
 
+import pytest
+
 from tests.conftest import free_port, wait_until
+
+
+@pytest.fixture(params=["thread", "process"])
+def trainers(request, trainers):
+    """Every trainer of these tests, once with each transport: both must keep every promise here."""
+
+    def make(*args: str, **kwargs: object):
+        return trainers(*args, "--transport", request.param, **kwargs)
+
+    return make
 
 
 def runs_by_name(supervisor) -> dict:

@@ -35,6 +35,10 @@ def main() -> int:
     parser.add_argument("--buffer-size", type=int, default=65_536)
     parser.add_argument("--until-trigger", default=None, help="run until this trigger fires")
     parser.add_argument("--nan-at", type=int, default=-1)
+    parser.add_argument("--transport", default="thread", choices=("thread", "process"))
+    parser.add_argument(
+        "--hang", action="store_true", help="after the loop, ship the points (flush(0)) and sleep instead of closing"
+    )
     parser.add_argument("--no-wait", action="store_true", help="start training without waiting to connect")
     parser.add_argument("--wait-version", type=int, default=0, help="wait until the supervisor set this version")
     parser.add_argument(
@@ -47,6 +51,7 @@ def main() -> int:
         address=args.address,
         telemetry=False,
         buffer_size=args.buffer_size,
+        transport=args.transport,
         params={
             "lr": Float(0.1, min=1e-5, max=1.0, log=True),
             "momentum": Float(0.9, min=0.0, max=1.0),
@@ -66,7 +71,13 @@ def main() -> int:
         )
     )
     if not args.no_wait and hp.wait_connected(10):
-        emit(event="connected", version=hp.version)
+        sidecar = getattr(hp._transport, "_proc", None)
+        emit(
+            event="connected",
+            version=hp.version,
+            threads=sorted(t.name for t in threading.enumerate()),
+            sidecar_pid=sidecar.pid if sidecar is not None else None,
+        )
     deadline = time.monotonic() + 10
     while hp.version < args.wait_version and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -94,6 +105,11 @@ def main() -> int:
         durations.append(time.perf_counter() - t0)
         step_times.append(time.time())
         step += 1
+    if args.hang:
+        hp.flush(0)
+        sidecar = getattr(hp._transport, "_proc", None)
+        emit(event="hanging", steps=step, sidecar_pid=sidecar.pid if sidecar is not None else None)
+        time.sleep(3600)
     flushed = hp.flush(30)
     emit(
         event="done",

@@ -1,0 +1,99 @@
+"""``transport="process"``: the connection in a sidecar process; real trainer, sidecar and supervisor processes.
+
+What the thread transport promises is checked for both transports in
+test_end_to_end.py; here is what is particular to the sidecar: the training
+process runs no SDK thread, and the sidecar's life is tied to the trainer's
+without losing points either way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from tests.conftest import free_port, wait_until
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie (exited, not yet reaped by its killed parent) counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _stored_steps(supervisor, run: str) -> list[int]:
+    lines = supervisor.cli("metrics", run, "--name", "loss", "--json").stdout.splitlines()
+    return sorted(json.loads(line)["step"] for line in lines)
+
+
+@pytest.mark.parametrize("transport", ["thread", "process"])
+def test_only_the_thread_transport_runs_sdk_threads_in_the_training_process(supervisor, trainers, transport):
+    trainer = trainers("--run", f"threads-{transport}", "--address", supervisor.address, "--steps", "20",
+                       "--transport", transport)
+    connected = trainer.wait_for("connected")
+    sdk_threads = {name for name in connected["threads"] if name.startswith("trainer-sdk")}
+    if transport == "process":
+        # Only the on_change callbacks' thread, which the test trainer asked for; no connection, no pump.
+        assert sdk_threads == {"trainer-sdk-callbacks"}, connected["threads"]
+        assert connected["sidecar_pid"] and _alive(connected["sidecar_pid"])
+    else:
+        assert {"trainer-sdk-connection", "trainer-sdk-pump"} <= sdk_threads, connected["threads"]
+        assert connected["sidecar_pid"] is None
+    assert trainer.events()[-1]["flushed"] is True
+
+
+def test_a_killed_trainer_loses_no_point_it_shipped_and_its_sidecar_exits(tmp_path, supervisor_factory, trainers):
+    """The trainer dies while the supervisor is down: its sidecar stores what it was sent once one is back."""
+    port = free_port()
+    trainer = trainers("--run", "killed", "--address", f"127.0.0.1:{port}", "--steps", "300", "--sleep", "0.001",
+                       "--transport", "process", "--hang", "--no-wait")
+    hanging = trainer.wait_for("hanging")
+    assert hanging["steps"] == 300
+    trainer.proc.send_signal(signal.SIGKILL)  # no close(), no atexit: only the sidecar can still store them
+    trainer.proc.wait(10)
+    supervisor = supervisor_factory(tmp_path / "late.db", port=port)
+    wait_until(lambda: not _alive(hanging["sidecar_pid"]), timeout=20, message="the sidecar exiting after its trainer")
+    assert _stored_steps(supervisor, "killed") == list(range(300))
+    run = next(r for r in supervisor.json("runs") if r["run"] == "killed")
+    assert run["connected"] is False and run["outcome"] is None  # lost, not a goodbye
+
+
+def test_a_killed_sidecar_leaves_the_training_running_offline(supervisor, trainers):
+    trainer = trainers("--run", "orphan", "--address", supervisor.address, "--steps", "300", "--sleep", "0.005",
+                       "--transport", "process")
+    sidecar = trainer.wait_for("connected")["sidecar_pid"]
+    os.kill(sidecar, signal.SIGKILL)
+    started = time.monotonic()
+    events = trainer.events()  # the trainer exits 0: report() never raised
+    done = events[-1]
+    assert done["steps"] == 300 and done["flushed"] is False and done["max_step_seconds"] < 1.0
+    assert time.monotonic() - started < 30
+    assert "sidecar process is gone" in trainer.stderr, trainer.stderr[-2000:]
+
+
+def test_ctrl_c_reaches_the_trainer_not_its_sidecar(supervisor, trainers):
+    """A terminal's Ctrl-C signals the whole process group; the trainer's atexit close needs its sidecar alive."""
+    trainer = trainers("--run", "interrupted", "--address", supervisor.address, "--steps", "100000",
+                       "--transport", "process", start_new_session=True)
+    trainer.wait_for("connected")
+    time.sleep(1.0)
+    os.killpg(trainer.proc.pid, signal.SIGINT)
+    trainer.proc.wait(30)
+    assert trainer.proc.returncode != 0  # KeyboardInterrupt
+    run = wait_until(
+        lambda: next((r for r in supervisor.json("runs") if r["run"] == "interrupted" and r["outcome"]), None),
+        timeout=15,
+        message="the session's goodbye",
+    )
+    assert run["outcome"] == "completed"  # atexit closed the session: the sidecar was there to say goodbye
+    steps = _stored_steps(supervisor, "interrupted")
+    assert steps and steps == list(range(len(steps)))  # every reported step, no gap

@@ -1,0 +1,102 @@
+"""Reported metric points to plain floats: the one conversion every transport runs off the hot path."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections import deque
+from typing import Any
+
+log = logging.getLogger("trainer_sdk")
+
+Point = tuple[int, float, dict[str, float]]
+"""(step, time, {name: value}) with every value a float."""
+
+
+class PointConverter:
+    """Turns queued ``(step, time, metrics)`` into :data:`Point` s, warning once per bad metric name.
+
+    Values may be floats (the fast path), 0-d tensors (converted together, one
+    torch call per device and drain), or anything ``float()`` accepts; a value
+    that is not a number is dropped with one warning per name. NaN and
+    infinities are kept (guards act on them), with one warning per name.
+    """
+
+    def __init__(self, state: Any) -> None:
+        self._state = state  # for the last step, in warnings
+        self._warned: set[str] = set()
+
+    def drain(self, queue: deque[tuple[int, float, dict[str, Any]]]) -> list[Point]:
+        popleft = queue.popleft
+        torch = sys.modules.get("torch")  # tensors exist only if the trainer imported torch
+        tensor_type = torch.Tensor if torch is not None else ()
+        tensors: list[tuple[dict[str, float], str, Any]] = []
+        converted: list[Point] = []
+        while True:
+            try:
+                step, when, metrics = popleft()
+            except IndexError:
+                break
+            values: dict[str, float] = {}
+            for name, value in metrics.items():
+                # Floats inline (this loop runs for every value); tensors are converted
+                # together below; anything else (ints, numpy scalars) takes the slow path.
+                if type(value) is float:
+                    if value - value != 0.0:  # NaN or an infinity
+                        self._non_finite(name, value)
+                    values[name] = value
+                elif isinstance(value, tensor_type):
+                    tensors.append((values, name, value))
+                else:
+                    self._keep(values, name, self._to_float(name, value))
+            converted.append((int(step), when, values))
+        if tensors:
+            self._tensors_to_floats(torch, tensors)
+        return converted
+
+    def _tensors_to_floats(self, torch: Any, tensors: list[tuple[dict[str, float], str, Any]]) -> None:
+        """Convert a drain's 0-d tensors with one torch call per device, not one ``.item()`` each.
+
+        Every torch call releases and retakes the GIL; one per tensor, on the
+        pump thread, made the training thread wait for the GIL after its own
+        torch calls hundreds of times a second. A CUDA tensor syncs here, once
+        per device and drain.
+        """
+        by_device: dict[Any, list[tuple[dict[str, float], str, Any]]] = {}
+        for item in tensors:
+            by_device.setdefault(item[2].device, []).append(item)
+        for items in by_device.values():
+            try:
+                numbers = torch.stack([t for _, _, t in items]).double().tolist()
+            except (RuntimeError, TypeError, ValueError):  # shapes that do not stack: one at a time
+                numbers = [t for _, _, t in items]
+            for (values, name, _), number in zip(items, numbers, strict=True):
+                # a float, or what did not stack (or stacked to a list: several elements each)
+                self._keep(values, name, number if type(number) is float else self._to_float(name, number))
+
+    def _keep(self, values: dict[str, float], name: str, number: float | None) -> None:
+        if number is not None:
+            if number - number != 0.0:  # NaN or an infinity
+                self._non_finite(name, number)
+            values[name] = number
+
+    def _non_finite(self, name: str, number: float) -> None:
+        if ("nf:" + name) not in self._warned:
+            self._warned.add("nf:" + name)
+            step = self._state.last_step
+            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, step)
+
+    def _to_float(self, name: str, value: Any) -> float | None:
+        if isinstance(value, str):
+            number = None
+        else:
+            try:
+                number = float(value)  # a tensor's .item() runs here, off the training thread
+            except (TypeError, ValueError, RuntimeError):
+                number = None
+        if number is None:
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning("metric %r: %r is not a number; dropping such values", name, value)
+            return None
+        return number

@@ -1,0 +1,304 @@
+"""``transport="process"``: the training process keeps no SDK thread; a sidecar process holds the connection.
+
+Why: with the thread transport, every batch sent and every change received
+wakes Python threads in the training process, and each wake-up makes the
+training thread wait for the GIL after its next torch call (measured: about
+six waits per flushed batch). Here the training thread does all of this
+process's SDK work itself, inside ``report``, and only when there is work:
+
+* every ``flush_interval`` it converts the queued points to floats and writes
+  them to the sidecar in one non-blocking socket write;
+* when the sidecar rings the bell (one shared byte, read on every report) it
+  reads what arrived: deltas, applied there and then and acknowledged at
+  once, and the connection's status.
+
+So a change becomes visible at the training loop's next ``report`` (or
+``hp.version``, ``hp.connected``, ``hp.flush``), and its acknowledgement
+means exactly that. A loop that stops reporting for a while (a long
+evaluation) sees changes when it reports again.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import os
+import select
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainer_sdk import _link
+from trainer_sdk._points import PointConverter
+from trainer_sdk._state import SessionState
+
+log = logging.getLogger("trainer_sdk")
+
+_RETRY_BLOCKED = 0.05  # seconds before trying again to write to a sidecar that is not reading
+SHIP_AT_POINTS = 4096
+"""Points that go at once, due or not: bounds a message, and ships even if the wall clock stepped back."""
+
+
+class ProcessTransport:
+    """The training process's end of the sidecar; driven by the training thread, never by a thread of its own."""
+
+    ship_at_points = SHIP_AT_POINTS
+
+    def __init__(
+        self,
+        state: SessionState,
+        *,
+        address: str,
+        session_id: str,
+        token: str | None,
+        flush_interval: float,
+        backoff_max: float,
+    ) -> None:
+        self.state = state
+        self.stopping = threading.Event()
+        self.due = [0.0]  # time.time() at which report() next ships points; a list so report's closure reads it
+        self._flush_interval = flush_interval
+        self._connected = False
+        self._remote_dropped = 0
+        self._shipped = 0  # points messages written (or waiting in _out)
+        self._points_shipped = 0
+        self._points_stored = 0
+        self._batch_ends: deque[tuple[int, int]] = deque()  # (message number, points shipped through it)
+        self._stored = 0  # points messages the sidecar says the supervisor has stored
+        self._flush_wanted = False
+        self._closed: bool | None = None  # the sidecar's answer to "close"
+        self._dead = False
+        self._out = bytearray()
+        self._in = bytearray()
+        self._lock = threading.Lock()
+        self._converter = PointConverter(state)
+        self._config = {
+            "run": state.run,
+            "rank": state.rank,
+            "world_size": state.world_size,
+            "params": state.params,
+            "values": dict(state.values),
+            "buffer_size": state.buffer_size,
+            "address": address,
+            "session_id": session_id,
+            "token": token,
+            "flush_interval": flush_interval,
+            "backoff_max": backoff_max,
+        }
+        self._bell_file = tempfile.TemporaryFile()
+        self._bell_file.truncate(_link.BELL_SIZE)
+        self.bell = mmap.mmap(self._bell_file.fileno(), _link.BELL_SIZE)
+        self._sock, self._child_sock = socket.socketpair()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        root = str(Path(__file__).resolve().parent.parent)  # the sidecar imports this same trainer_sdk
+        env = dict(os.environ)
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        fds = (self._child_sock.fileno(), self._bell_file.fileno())
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "trainer_sdk._sidecar", *map(str, fds)],
+                pass_fds=fds,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,  # the trainer's stdout is its own; the sidecar logs to stderr
+            )
+        except OSError as exc:
+            self._lost(exc)
+            return
+        finally:
+            self._child_sock.close()
+        self._sock.setblocking(False)
+        with self._lock:
+            self._out += _link.encode(("init", self._config))
+            self._write()
+
+    # -- the training thread's entry point ---------------------------------------------
+
+    def service(self, ship: bool = False) -> None:
+        """Read what the sidecar sent, apply it, acknowledge it, and ship points when due.
+
+        Called by ``report`` when the bell rang or points are due; never blocks
+        (a second caller at the same moment returns at once).
+        """
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._service(ship)
+        finally:
+            self._lock.release()
+
+    def _service(self, ship: bool) -> None:
+        if self._dead:
+            self.state.queue.clear()
+            self.due[0] = float("inf")
+            return
+        now = time.time()
+        state = self.state
+        shipping = ship or self._flush_wanted or now >= self.due[0] or len(state.queue) >= self.ship_at_points
+        if self.bell[0] or shipping:  # status messages that did not ring are read with each shipment
+            self.bell[0] = 0  # before reading: a message sent after this rings again
+            self._read()
+        blocked = bool(self._out)  # the sidecar has not read what was written before
+        if state.acks:
+            acks = []
+            while state.acks:
+                ack = state.acks.popleft()
+                acks.append((ack.version, ack.step, ack.time))
+            version, values = state.snapshot()
+            self._out += _link.encode(("acks", acks, version, values))
+        if ship:
+            self._flush_wanted = True
+        if blocked:
+            self.due[0] = now + _RETRY_BLOCKED
+        elif shipping:
+            points = self._converter.drain(state.queue)
+            self._out += _link.encode(("points", state.overflow, points, self._flush_wanted))
+            self._shipped += 1
+            self._points_shipped += len(points)
+            self._batch_ends.append((self._shipped, self._points_shipped))
+            self._flush_wanted = False
+            self.due[0] = now + self.flush_interval
+        self._write()
+
+    def _write(self) -> None:
+        if not self._out or self._dead:
+            return
+        try:
+            sent = self._sock.send(self._out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._lost(exc)
+            return
+        del self._out[:sent]
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self._sock.recv(1 << 16)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                self._lost(exc)
+                return
+            if not data:
+                self._lost(None)
+                return
+            self._in += data
+        for message in _link.decode(self._in):
+            self._handle(message)
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == "delta":
+            self.state.receive(message[1])  # applied now (or held for its step); the ack goes with this service
+        elif kind == "status":
+            _, self._connected, self._flush_interval, self._remote_dropped, self._stored = message
+            ends = self._batch_ends
+            while ends and ends[0][0] <= self._stored:
+                self._points_stored = ends.popleft()[1]
+        elif kind == "closed":
+            self._closed = message[1]
+
+    def _lost(self, exc: BaseException | None) -> None:
+        if self._dead:
+            return
+        self._dead = True
+        self._connected = False
+        if self._closed is not None:
+            return  # it answered "close" and exited, as asked
+        code = self._proc.poll() if self._proc is not None else None
+        log.error(
+            "the trainer_sdk sidecar process is gone (%s); run %r continues offline on its current values",
+            f"exit code {code}" if code is not None else exc or "connection closed",
+            self.state.run,
+        )
+
+    # -- waiting (never on the training loop's path unless it asks) -------------------
+
+    def _wait(self, done: Callable[[], bool], timeout: float | None, ship: bool = False) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                self.bell[0] = 0
+                if not self._dead:
+                    self._read()
+                self._service(ship)
+                ship = False
+                if done():
+                    return True
+                if self._dead:
+                    return False
+                writing = [self._sock] if self._out else []
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            select.select([self._sock], writing, [], 0.05 if left is None else min(left, 0.05))
+
+    def poll(self) -> None:
+        """Apply what the sidecar sent, if anything (for status reads between reports)."""
+        if self.bell[0]:
+            self.service()
+
+    def is_connected(self) -> bool:
+        self.poll()
+        return self._connected
+
+    def wait_connected(self, timeout: float | None) -> bool:
+        return self._wait(lambda: self._connected, timeout)
+
+    def flushed(self) -> bool:
+        return not self.state.queue and not self._out and not self._flush_wanted and self._stored >= self._shipped
+
+    def flush(self, timeout: float | None) -> bool:
+        if timeout is not None and timeout <= 0:
+            self.service(ship=True)
+            return self.flushed()
+        return self._wait(self.flushed, timeout, ship=True)
+
+    def unstored(self) -> int:
+        return len(self.state.queue) + self._points_shipped - self._points_stored
+
+    @property
+    def dropped(self) -> int:
+        return self.state.overflow + self._remote_dropped
+
+    @property
+    def flush_interval(self) -> float:
+        return self._flush_interval
+
+    def close(self, outcome: int, timeout: float) -> bool:
+        """Ship everything, let the sidecar flush and say goodbye, and wait for it to exit."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._service(True)
+            if not self._dead:
+                self._out += _link.encode(("close", outcome, timeout))
+        self._wait(lambda: self._closed is not None, timeout + 1.0)
+        flushed = bool(self._closed)
+        self.stopping.set()
+        self._sock.close()
+        self.due[0] = float("inf")
+        if self._proc is not None:
+            try:
+                self._proc.wait(max(0.5, deadline - time.monotonic() + 1.0))
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        return flushed
+
+    def forget_in_child(self) -> None:
+        """In a forked child (a DataLoader worker): drop this end so the sidecar sees the trainer's exit."""
+        try:
+            self._sock.close()
+        except OSError:
+            pass

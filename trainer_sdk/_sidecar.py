@@ -1,0 +1,192 @@
+"""The sidecar process of ``connect(..., transport="process")``: the whole gRPC connection, out of the trainer.
+
+Started by the training process with its own interpreter; runs the same
+:class:`~trainer_sdk._transport.Transport` as the thread transport, so
+reconnects, pacing, buffering until stored and de-duplication are the same
+code. What differs is where values apply: a Delta is forwarded to the
+training process, which applies it on its own thread at its next ``report``
+and only then acknowledges it, so an acknowledgement means the training
+loop's next read returns the new value.
+
+The trainer's ``report`` reads one shared byte (the bell) to learn that a
+message is waiting; it never waits on this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import mmap
+import signal
+import socket
+import sys
+import threading
+from typing import Any
+
+from trainer_sdk._link import BELL_SIZE, BlockingLink
+from trainer_sdk._state import Ack, Delta, SessionState
+from trainer_sdk._transport import Transport
+
+log = logging.getLogger("trainer_sdk")
+
+ABANDONED_FLUSH_SECONDS = 10.0
+"""How long a sidecar whose trainer died keeps trying to store what it was sent (through a reconnect, say)."""
+
+
+class RelayState(SessionState):
+    """The sidecar's copy of the session: deltas are forwarded, not applied; values follow the trainer's acks."""
+
+    link: BlockingLink
+
+    def receive(self, delta: Delta) -> None:
+        with self.apply_lock:
+            if delta.version <= self.received_version:
+                return
+            self.received_version = delta.version
+        self.link.send(("delta", delta))
+
+
+class SidecarTransport(Transport):
+    """The thread transport, telling the trainer whenever its connection, pacing or stored points change."""
+
+    def __init__(self, state: RelayState, link: BlockingLink, **kwargs: Any) -> None:
+        super().__init__(state, **kwargs)
+        self.link = link
+        self.batches_received = 0  # points messages from the trainer, all in state.queue or beyond
+        self.relay_overflow = 0  # points this process dropped because its own queue was full
+        self.relay_lock = threading.Lock()
+        self._last_status: tuple[Any, ...] = ()
+
+    def push_status(self) -> None:
+        with self.relay_lock:
+            stored = self.batches_received if self.flushed() else (self._last_status or (0,) * 5)[4]
+            status = ("status", self.connected.is_set(), self.flush_interval, self._dropped + self.relay_overflow,
+                      stored)
+            if status == self._last_status:
+                return
+            # Wake the training thread only for what it reads between shipments (hp.connected,
+            # the pacing); the stored count matters only to a flush() that waits, and it reads.
+            ring = status[1:3] != self._last_status[1:3]
+            self._last_status = status
+        try:
+            self.link.send(status, ring=ring)
+        except OSError:  # the trainer is gone; the relay loop sees it too
+            pass
+
+    def _on_welcome(self, welcome: Any, outbox: Any) -> None:
+        super()._on_welcome(welcome, outbox)
+        self.push_status()
+
+    def _disconnect(self, outbox: Any) -> None:
+        super()._disconnect(outbox)
+        self.push_status()
+
+    def _on_pacing(self, pacing: Any) -> None:
+        super()._on_pacing(pacing)
+        self.push_status()
+
+    def _on_metrics_ack(self, seq: int) -> None:
+        super()._on_metrics_ack(seq)
+        self.push_status()
+
+
+def relay(link: BlockingLink, transport: SidecarTransport) -> None:
+    """Carry the trainer's messages into the transport until it closes the session or goes away."""
+    state = transport.state
+    while True:
+        try:
+            message = link.receive()
+        except (EOFError, OSError):
+            abandon(transport)
+            return
+        kind = message[0]
+        if kind == "points":
+            _, overflow, points, flush = message
+            with transport.relay_lock:
+                room = state.buffer_size - len(state.queue)
+                if len(points) > room:
+                    transport.relay_overflow += len(points) - room
+                state.overflow = overflow + transport.relay_overflow
+                state.queue.extend(points)  # a deque with maxlen: the oldest go first
+                transport.batches_received += 1
+            if flush:
+                transport.request_flush()
+            elif state.pump_idle:
+                state.poke()
+            transport.push_status()
+        elif kind == "acks":
+            _, acks, version, values = message
+            with state.apply_lock:
+                state.values.update(values)
+                state.version = version  # what the trainer's next Hello says it holds
+            state.acks.extend(Ack(v, step, when) for v, step, when in acks)
+            state.poke()
+        elif kind == "close":
+            _, outcome, timeout = message
+            flushed = transport.close(outcome, timeout)
+            try:
+                link.send(("closed", flushed))
+            except OSError:
+                pass
+            return
+
+
+def abandon(transport: SidecarTransport) -> None:
+    """The trainer exited without closing (killed, crashed): store what it sent, then drop the stream.
+
+    It keeps trying for ``ABANDONED_FLUSH_SECONDS``, so points survive a trainer
+    and a supervisor that fail together, as long as the supervisor is back by then.
+
+    No Goodbye: the supervisor records the session as lost, as it would for a
+    thread transport whose process died.
+    """
+    transport.flush(ABANDONED_FLUSH_SECONDS)
+    transport.stopping.set()
+    transport.state.poke()
+    call = transport._call
+    if call is not None:
+        call.cancel()
+
+
+def main(argv: list[str]) -> int:
+    # Ctrl-C, a closed terminal, and a scheduler's SIGTERM to every process of the job are
+    # the trainer's to handle: its close() (or atexit) needs this process to flush and say
+    # goodbye. This process exits when the trainer's end of the socket closes, however it dies.
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s trainer_sdk sidecar %(levelname)s %(message)s")
+    sock = socket.socket(fileno=int(argv[0]))
+    sock.setblocking(True)
+    bell = mmap.mmap(int(argv[1]), BELL_SIZE)
+    link = BlockingLink(sock, bell)
+    try:
+        kind, config = link.receive()
+    except (EOFError, OSError):
+        return 0
+    if kind != "init":
+        log.error("expected the session's configuration first, got %r", kind)
+        return 2
+    state = RelayState(
+        run=config["run"],
+        rank=config["rank"],
+        world_size=config["world_size"],
+        params=config["params"],
+        values=config["values"],
+        buffer_size=config["buffer_size"],
+    )
+    state.link = link
+    transport = SidecarTransport(
+        state,
+        link,
+        address=config["address"],
+        session_id=config["session_id"],
+        token=config["token"],
+        flush_interval=config["flush_interval"],
+        backoff_max=config["backoff_max"],
+    )
+    transport.start()
+    relay(link, transport)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
