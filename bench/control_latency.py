@@ -44,6 +44,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench._common import PYTHON, ROOT, Result, SupervisorProcess, rel, summary
 from trainer_sdk import DEFAULT_FLUSH_INTERVAL
+from trainer_sdk._process_transport import ProcessTransport
 
 CLI_TARGET_MS = 34.0  # LiveTune's `tune` median, quoted (not measured here)
 API_TARGET_RATIO = 2.0
@@ -57,7 +58,12 @@ runs = "bench-kick*"
 
 
 class Poller(threading.Thread):
-    """Reads ``session.lr`` of each session and timestamps every new value it sees."""
+    """Reads ``session.lr`` of each session and timestamps every new value it sees.
+
+    A ``transport="process"`` session applies changes when its loop reports or
+    reads a status; the poller reads ``hp.version`` before ``hp.lr`` for it, as a
+    loop that reports at the poller's rate would.
+    """
 
     def __init__(self, sessions: list[Any], mode: str, interval: float = 50e-6) -> None:
         super().__init__(name="bench-poller", daemon=True)
@@ -71,6 +77,7 @@ class Poller(threading.Thread):
     def run(self) -> None:
         pc = time.perf_counter_ns
         sessions = self.sessions
+        polls = [isinstance(s._transport, ProcessTransport) for s in sessions]
         last = [s.lr for s in sessions]
         seen = self.seen
         idx = range(len(sessions))
@@ -80,6 +87,8 @@ class Poller(threading.Thread):
         interval = self.interval
         while not stop.is_set():
             for i in idx:
+                if polls[i]:
+                    sessions[i].version  # noqa: B018 - applies what the sidecar sent
                 v = sessions[i].lr
                 if v != last[i]:
                     seen[i][v] = pc()
@@ -136,14 +145,15 @@ def _phase_api_policy(sup: SupervisorProcess, mode: str, n_api: int, n_kick: int
     kick = connect(f"bench-kick-{mode}", spec, address=sup.address, telemetry=False)
     # the same with the SDK's batching delay (flush_interval) cut to 1 ms
     fast = connect(f"bench-kick-fast-{mode}", spec, address=sup.address, telemetry=False, flush_interval=0.001)
+    proc = connect(f"bench-latency-process-{mode}", spec, address=sup.address, telemetry=False, transport="process")
     client = OperatorClient(sup.address)
     channel = grpc.insecure_channel(sup.address)
     health = health_pb2_grpc.HealthStub(channel)
     out: dict[str, list[Any]] = {"api_ms": [], "api_rpc_ms": [], "health_ms": [], "policy_ms": [], "lost": [],
-                                 "kick_wall": [], "policy_fast_ms": []}
-    poller = Poller([op, kick, fast], mode)
+                                 "kick_wall": [], "policy_fast_ms": [], "api_process_ms": []}
+    poller = Poller([op, kick, fast, proc], mode)
     try:
-        if not all(s.wait_connected(30) for s in (op, kick, fast)):
+        if not all(s.wait_connected(30) for s in (op, kick, fast, proc)):
             raise RuntimeError("sessions did not connect")
         poller.start()
         for _ in range(20):  # warm up channels and the server's code paths
@@ -173,6 +183,14 @@ def _phase_api_policy(sup: SupervisorProcess, mode: str, n_api: int, n_kick: int
                 else:
                     out["api_ms"].append((seen - t0) / 1e6)
                     out["api_rpc_ms"].append((t1 - t0) / 1e6)
+                time.sleep(rng.uniform(0.002, 0.01))
+                t0 = time.perf_counter_ns()
+                client.set(proc.run, {"lr": v})
+                seen = poller.wait_for(3, v)
+                if seen is None:
+                    out["lost"].append(("api-process", v))
+                else:
+                    out["api_process_ms"].append((seen - t0) / 1e6)
             time.sleep(rng.uniform(0.002, 0.01))
             if i < n_kick:
                 for _ in range(5):  # the stream goes on between kicks
@@ -208,6 +226,7 @@ def _phase_api_policy(sup: SupervisorProcess, mode: str, n_api: int, n_kick: int
         op.close()
         kick.close()
         fast.close()
+        proc.close()
     return out
 
 
@@ -307,6 +326,12 @@ def run(quick: bool, out: Path | None = None) -> Result:
                    target=f"p50 <= {API_TARGET_RATIO}x round trip", met=ratio <= API_TARGET_RATIO,
                    note=f"{ratio:.2f}x the round trip; {api['n']} changes; set() RPC itself p50 {rpc['p50']:.2f} ms"
                         f" (durable SQLite commit before the reply); lost {sum(1 for x in d['lost'] if x[0]=='api')}")
+        pa = summary(d["api_process_ms"])
+        result.row(f"[{label}] (a) same, transport=\"process\" p50 / p99", f"{pa['p50']:.2f} / {pa['p99']:.2f}",
+                   "ms", target=f"p50 <= {API_TARGET_RATIO}x round trip", met=pa["p50"] / hc["p50"] <= API_TARGET_RATIO,
+                   note=f"{pa['p50'] / hc['p50']:.2f}x the round trip; {pa['n']} changes, interleaved with (a); "
+                        "supervisor -> sidecar -> visible at the loop's next status read or report; lost "
+                        f"{sum(1 for x in d['lost'] if x[0] == 'api-process')}")
         result.row(f"[{label}] (d) report -> policy -> visible, steady stream, p50 / p99",
                    f"{pol['p50']:.2f} / {pol['p99']:.2f}",
                    "ms", note=f"{pol['n']} kicks; {pol['p50'] / hc['p50']:.1f}x the round trip; SDK flush_interval "

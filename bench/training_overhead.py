@@ -6,6 +6,11 @@ repeatedly, interleaving three variants in rotating order (ABC, BCA, CAB, ...):
 * ``no-sdk``: ``--no-sdk``, plain constants, the SDK is not used;
 * ``no-sdk-again``: the same once more, an A/A control: its ratio to ``no-sdk``
   is the noise floor of this machine during this run;
+* ``no-sdk+neighbour``: ``no-sdk`` while another process spins a quarter of
+  the time (7.5 ms of every 30 ms), about what the supervisor uses under
+  ``sdk+ops``. These 2 vCPUs are not independent (measured here: a neighbour
+  slows the loop's own CPU time by a few percent), so this control shows what
+  any process beside the trainer costs it, SDK or not.
 * ``sdk``: connected to a supervisor subprocess, ``report`` every step (loss,
   grad_norm as 0-d tensors) and val metrics every epoch, no changes;
 * ``sdk+ops``: the same, while this (parent) process changes ``lr`` through
@@ -47,7 +52,17 @@ import numpy as np
 
 from bench._common import PYTHON, ROOT, Result, SupervisorProcess, cpu_seconds, summary
 
-VARIANTS = ("no-sdk", "no-sdk-again", "sdk", "sdk+ops", "sdk-no-epoch-flush", "sdk-process", "sdk-process+ops")
+VARIANTS = ("no-sdk", "no-sdk-again", "no-sdk+neighbour", "sdk", "sdk+ops", "sdk-no-epoch-flush", "sdk-process",
+            "sdk-process+ops")
+CONTROLS = ("no-sdk-again", "no-sdk+neighbour")  # no SDK at all: what the machine alone does to the loop
+NEIGHBOUR_DUTY = (0.0075, 0.0225)  # seconds busy, seconds asleep: a quarter of a core, as the supervisor under ops
+_NEIGHBOUR = (
+    "import time\n"
+    "while True:\n"
+    f"    t = time.perf_counter()\n"
+    f"    while time.perf_counter() - t < {NEIGHBOUR_DUTY[0]}: pass\n"
+    f"    time.sleep({NEIGHBOUR_DUTY[1]})\n"
+)
 JUDGED = ("sdk", "sdk+ops", "sdk-process", "sdk-process+ops")  # the spec's loop; the others explain it
 TARGET = 0.01
 OPS_EVERY_STEPS = 10
@@ -97,11 +112,18 @@ def worker(address: str, rounds: int, epochs: int) -> None:
             hp.wait_connected(10)
         if variant == "sdk-no-epoch-flush":
             type(hp).flush = lambda self, timeout=None: True  # a class of this session's own
+        neighbour = None
+        if variant == "no-sdk+neighbour":
+            neighbour = subprocess.Popen([sys.executable, "-c", _NEIGHBOUR])
+            time.sleep(0.1)  # past its start-up
         print(f"BEGIN {variant} {tag}", flush=True)
         c0, t0, v0, k0 = time.process_time(), time.thread_time(), _voluntary_switches(), _children_cpu()
         summary = example.train(args, hp)
         cpu, main_cpu = time.process_time() - c0, time.thread_time() - t0
         sidecar_cpu = _children_cpu() - k0  # the sidecar, waited for by close()
+        if neighbour is not None:
+            neighbour.kill()
+            neighbour.wait()
         switches = (_voluntary_switches() - v0) / max(summary["steps"], 1)
         print(f"END {variant} {tag}", flush=True)
         times = [0.0] + [e["time_s"] for e in summary["epochs"]]
@@ -239,9 +261,11 @@ def run(quick: bool, out: Path | None = None) -> Result:
                      f"({op.interval * 1e3:.1f} ms), {op.errors.get(run_name, 0)} errors")
         steady = np.median(epoch) - 1
         lo, hi = _bootstrap_ci(epoch)
-        is_control = variant == "no-sdk-again"
+        is_control = variant in CONTROLS
         judged = variant in JUDGED
-        result.row(f"{variant}: steady-state {'difference (A/A noise floor)' if is_control else 'overhead'} "
+        label = {"no-sdk-again": "difference (A/A noise floor)",
+                 "no-sdk+neighbour": "difference (a neighbour process, no SDK)"}.get(variant, "overhead")
+        result.row(f"{variant}: steady-state {label} "
                    "(median epoch time) vs no-sdk", steady * 100, "%",
                    target="< 1%" if judged else "", met=bool(steady < TARGET) if judged else None,
                    note=f"median over {len(epoch)} rounds of the per-round ratio of median epoch times "

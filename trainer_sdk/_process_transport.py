@@ -41,6 +41,7 @@ from trainer_sdk._state import SessionState
 
 log = logging.getLogger("trainer_sdk")
 
+_READ_SIZE = 1 << 16
 _RETRY_BLOCKED = 0.05  # seconds before trying again to write to a sidecar that is not reading
 SHIP_AT_POINTS = 4096
 """Points that go at once, due or not: bounds a message, and ships even if the wall clock stepped back."""
@@ -182,9 +183,9 @@ class ProcessTransport:
         del self._out[:sent]
 
     def _read(self) -> None:
-        while True:
+        while True:  # one recv, as a rule: a short read means the socket is empty (no exception to raise)
             try:
-                data = self._sock.recv(1 << 16)
+                data = self._sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -194,6 +195,8 @@ class ProcessTransport:
                 self._lost(None)
                 return
             self._in += data
+            if len(data) < _READ_SIZE:
+                break
         for message in _link.decode(self._in):
             self._handle(message)
 
