@@ -61,6 +61,7 @@ class ProcessTransport:
         token: str | None,
         flush_interval: float,
         backoff_max: float,
+        telemetry: float | None = None,
     ) -> None:
         self.state = state
         self.stopping = threading.Event()
@@ -92,6 +93,7 @@ class ProcessTransport:
             "token": token,
             "flush_interval": flush_interval,
             "backoff_max": backoff_max,
+            "telemetry": telemetry,  # GPU and host readings are machine-wide: the sidecar samples them
         }
         self._bell_file = tempfile.TemporaryFile()
         self._bell_file.truncate(_link.BELL_SIZE)

@@ -315,11 +315,14 @@ def connect(
 
     ``transport`` says where the connection lives. ``"thread"`` (the default):
     background threads in this process, which apply a change the moment it
-    arrives. ``"process"``: a sidecar process started with this interpreter;
-    the training process runs no SDK thread, and a change is applied (and
+    arrives. ``"process"``: a sidecar process started with this interpreter
+    holds the connection and samples telemetry; the training process runs no
+    SDK thread (``on_change`` callbacks aside), and a change is applied (and
     acknowledged) at the next ``report`` or status read (``hp.version``,
-    ``hp.connected``, ``hp.flush``). It costs the training loop less (see
-    BENCHMARKS.md) but needs a loop that reports.
+    ``hp.connected``, ``hp.as_dict()``, ``hp.flush``). The training thread
+    converts and ships its points itself every ``flush_interval`` (0-d CUDA
+    tensors: one device sync per shipment). It costs the training loop fewer
+    GIL waits (see BENCHMARKS.md) but needs a loop that reports.
     """
     if transport not in ("thread", "process"):
         raise ValueError(f'transport must be "thread" or "process", got {transport!r}')
@@ -364,10 +367,12 @@ def connect(
         "flush_interval": flush_interval,
         "backoff_max": backoff_max,
     }
+    interval = (5.0 if telemetry is True else float(telemetry)) if telemetry else None
     if transport == "process":
         from trainer_sdk._process_transport import ProcessTransport
 
-        connection: Any = ProcessTransport(state, **options)
+        connection: Any = ProcessTransport(state, telemetry=interval, **options)  # sampled in the sidecar
+        interval = None
         report = _make_process_report(state, connection)
     else:
         from trainer_sdk._transport import Transport
@@ -378,8 +383,8 @@ def connect(
     _specialise(session, values, report)
     _live_sessions.add(session)
     connection.start()
-    if telemetry:
-        _start_telemetry(session, 5.0 if telemetry is True else float(telemetry))
+    if interval:
+        _start_telemetry(session, interval)
     return session
 
 

@@ -20,6 +20,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Any
 
 from trainer_sdk._link import BELL_SIZE, BlockingLink
@@ -108,6 +109,8 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 state.overflow = overflow + transport.relay_overflow
                 state.queue.extend(points)  # a deque with maxlen: the oldest go first
                 transport.batches_received += 1
+                if points:
+                    state.last_step = points[-1][0]
             if flush:
                 transport.request_flush()
             elif state.pump_idle:
@@ -184,8 +187,28 @@ def main(argv: list[str]) -> int:
         backoff_max=config["backoff_max"],
     )
     transport.start()
-    relay(link, transport)
+    sampler = _start_telemetry(transport, config["telemetry"]) if config.get("telemetry") else None
+    try:
+        relay(link, transport)
+    finally:
+        if sampler is not None:
+            sampler.stop(timeout=1.0)
     return 0
+
+
+def _start_telemetry(transport: SidecarTransport, interval: float) -> Any:
+    """GPU (or host) readings, sampled here rather than by a thread in the training process."""
+    from trainer_sdk.telemetry import TelemetrySampler
+
+    state = transport.state
+
+    def emit(values: dict[str, float]) -> None:
+        with transport.relay_lock:
+            if len(state.queue) >= state.buffer_size:
+                transport.relay_overflow += 1
+            state.queue.append((max(state.last_step, 0), time.time(), values))
+
+    return TelemetrySampler(emit, interval=interval).start()
 
 
 if __name__ == "__main__":

@@ -37,18 +37,23 @@ def _stored_steps(supervisor, run: str) -> list[int]:
 
 @pytest.mark.parametrize("transport", ["thread", "process"])
 def test_only_the_thread_transport_runs_sdk_threads_in_the_training_process(supervisor, trainers, transport):
-    trainer = trainers("--run", f"threads-{transport}", "--address", supervisor.address, "--steps", "20",
-                       "--transport", transport)
+    run = f"threads-{transport}"
+    trainer = trainers("--run", run, "--address", supervisor.address, "--steps", "100", "--transport", transport,
+                       "--telemetry", "0.2")
     connected = trainer.wait_for("connected")
-    sdk_threads = {name for name in connected["threads"] if name.startswith("trainer-sdk")}
+    sdk_threads = {name for name in connected["threads"] if name.startswith("trainer")}
     if transport == "process":
-        # Only the on_change callbacks' thread, which the test trainer asked for; no connection, no pump.
+        # Only the on_change callbacks' thread, which the test trainer asked for: no connection, no pump,
+        # and telemetry is sampled by the sidecar.
         assert sdk_threads == {"trainer-sdk-callbacks"}, connected["threads"]
         assert connected["sidecar_pid"] and _alive(connected["sidecar_pid"])
     else:
-        assert {"trainer-sdk-connection", "trainer-sdk-pump"} <= sdk_threads, connected["threads"]
+        assert {"trainer-sdk-connection", "trainer-sdk-pump", "trainer_sdk-telemetry"} <= sdk_threads, sdk_threads
         assert connected["sidecar_pid"] is None
     assert trainer.events()[-1]["flushed"] is True
+    lines = supervisor.cli("metrics", run, "--name", "host_cpu_utilization_ratio", "--json").stdout.splitlines()
+    assert lines, "no telemetry stored"
+    assert all(0.0 <= json.loads(line)["value"] <= 1.0 for line in lines)
 
 
 def test_a_killed_trainer_loses_no_point_it_shipped_and_its_sidecar_exits(tmp_path, supervisor_factory, trainers):

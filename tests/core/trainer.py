@@ -36,6 +36,7 @@ def main() -> int:
     parser.add_argument("--until-trigger", default=None, help="run until this trigger fires")
     parser.add_argument("--nan-at", type=int, default=-1)
     parser.add_argument("--transport", default="thread", choices=("thread", "process"))
+    parser.add_argument("--telemetry", type=float, default=0.0, help="seconds between telemetry samples; 0: off")
     parser.add_argument(
         "--hang", action="store_true", help="after the loop, ship the points (flush(0)) and sleep instead of closing"
     )
@@ -49,7 +50,7 @@ def main() -> int:
     hp = connect(
         run=args.run,
         address=args.address,
-        telemetry=False,
+        telemetry=args.telemetry or False,
         buffer_size=args.buffer_size,
         transport=args.transport,
         params={
