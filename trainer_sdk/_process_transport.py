@@ -185,22 +185,25 @@ class ProcessTransport:
         del self._out[:sent]
 
     def _read(self) -> None:
+        lost: BaseException | bool = False
         while True:  # one recv, as a rule: a short read means the socket is empty (no exception to raise)
             try:
                 data = self._sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                self._lost(exc)
-                return
+                lost = exc
+                break
             if not data:
-                self._lost(None)
-                return
+                lost = True
+                break
             self._in += data
             if len(data) < _READ_SIZE:
                 break
-        for message in _link.decode(self._in):
+        for message in _link.decode(self._in):  # what came before an end of stream still counts ("closed")
             self._handle(message)
+        if lost is not False:
+            self._lost(None if lost is True else lost)
 
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]

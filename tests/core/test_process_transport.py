@@ -102,3 +102,19 @@ def test_ctrl_c_reaches_the_trainer_not_its_sidecar(supervisor, trainers):
     assert run["outcome"] == "completed"  # atexit closed the session: the sidecar was there to say goodbye
     steps = _stored_steps(supervisor, "interrupted")
     assert steps and steps == list(range(len(steps)))  # every reported step, no gap
+
+
+def test_close_waits_for_the_sidecars_goodbye_not_for_its_timeout(supervisor, caplog):
+    from trainer_sdk import connect
+
+    hp = connect("closing", {"lr": 0.1}, address=supervisor.address, telemetry=False, transport="process")
+    assert hp.wait_connected(30)
+    for step in range(200):
+        hp.report(step, loss=1.0 / (step + 1))
+    assert hp.flush(30) is True and hp.dropped == 0
+    started = time.monotonic()
+    hp.close(timeout=10.0)
+    assert time.monotonic() - started < 5.0  # the sidecar's "closed" answer ends the wait, not the 10 s
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    run = next(r for r in supervisor.json("runs") if r["run"] == "closing")
+    assert run["outcome"] == "completed" and run["points_received"] == 200
