@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from collections import deque
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger("trainer_sdk")
@@ -26,12 +27,19 @@ class PointConverter:
         self._state = state  # for the last step, in warnings
         self._warned: set[str] = set()
 
-    def drain(self, queue: deque[tuple[int, float, dict[str, Any]]]) -> list[Point]:
+    def drain(
+        self, queue: deque[tuple[int, float, dict[str, Any]]], numbers: Iterator[int] | None = None
+    ) -> list[Any]:
+        """Every queued point, as :data:`Point` s, or as ``(number, *Point)`` with ``numbers``.
+
+        Numbering here, in the one pass, keeps it to one tuple per point: under a
+        full buffer every extra object per point is more work for the collector.
+        """
         popleft = queue.popleft
         torch = sys.modules.get("torch")  # tensors exist only if the trainer imported torch
         tensor_type = torch.Tensor if torch is not None else ()
         tensors: list[tuple[dict[str, float], str, Any]] = []
-        converted: list[Point] = []
+        converted: list[Any] = []
         while True:
             try:
                 step, when, metrics = popleft()
@@ -49,7 +57,10 @@ class PointConverter:
                     tensors.append((values, name, value))
                 else:
                     self._keep(values, name, self._to_float(name, value))
-            converted.append((int(step), when, values))
+            if numbers is None:
+                converted.append((int(step), when, values))
+            else:
+                converted.append((next(numbers), int(step), when, values))
         if tensors:
             self._tensors_to_floats(torch, tensors)
         return converted

@@ -189,14 +189,13 @@ class Transport:
     def _drain(self) -> None:
         self._draining = True  # flushed() must not see the points between the queue and unacked
         try:
-            converted = self._converter.drain(self.state.queue)
+            converted = self._converter.drain(self.state.queue, self._seq)
             if not converted:
                 return
-            seq = self._seq
             unacked = self._unacked
             capacity = self.state.buffer_size
             with self._send_lock:
-                unacked.extend([(next(seq), step, when, values) for step, when, values in converted])
+                unacked.extend(converted)
                 while len(unacked) > capacity:
                     unacked.popleft()
                     self._dropped += 1
