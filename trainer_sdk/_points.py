@@ -1,4 +1,8 @@
-"""Reported metric points to plain floats: the one conversion every transport runs off the hot path."""
+"""Reported metric points to plain floats: the one conversion both transports run.
+
+The thread transport runs it on its pump thread; the process transport on the
+training thread, once per shipment.
+"""
 
 from __future__ import annotations
 
@@ -28,23 +32,36 @@ class PointConverter:
         self._warned: set[str] = set()
 
     def drain(
-        self, queue: deque[tuple[int, float, dict[str, Any]]], numbers: Iterator[int] | None = None
+        self,
+        queue: deque[tuple[int, float, dict[str, Any]]],
+        numbers: Iterator[int] | None = None,
+        limit: int | None = None,
     ) -> list[Any]:
-        """Every queued point, as :data:`Point` s, or as ``(number, *Point)`` with ``numbers``.
+        """The queued points (at most ``limit``), as :data:`Point` s, or as ``(number, *Point)`` with ``numbers``.
 
         Numbering here, in the one pass, keeps it to one tuple per point: under a
         full buffer every extra object per point is more work for the collector.
+        Never raises for a bad value or step: such a value (or point) is dropped
+        with one warning.
         """
         popleft = queue.popleft
+        left = -1 if limit is None else limit
         torch = sys.modules.get("torch")  # tensors exist only if the trainer imported torch
         tensor_type = torch.Tensor if torch is not None else ()
         tensors: list[tuple[dict[str, float], str, Any]] = []
         converted: list[Any] = []
-        while True:
+        while left:
+            left -= 1
             try:
                 step, when, metrics = popleft()
             except IndexError:
                 break
+            if type(step) is not int:
+                try:
+                    step = int(step)
+                except (TypeError, ValueError, OverflowError):
+                    self._warn_once("step", "a step must be an integer, got %r; dropping such points", step)
+                    continue
             values: dict[str, float] = {}
             for name, value in metrics.items():
                 # Floats inline (this loop runs for every value); tensors are converted
@@ -58,9 +75,9 @@ class PointConverter:
                 else:
                     self._keep(values, name, self._to_float(name, value))
             if numbers is None:
-                converted.append((int(step), when, values))
+                converted.append((step, when, values))
             else:
-                converted.append((next(numbers), int(step), when, values))
+                converted.append((next(numbers), step, when, values))
         if tensors:
             self._tensors_to_floats(torch, tensors)
         return converted
@@ -91,6 +108,11 @@ class PointConverter:
                 self._non_finite(name, number)
             values[name] = number
 
+    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(message, *args)
+
     def _non_finite(self, name: str, number: float) -> None:
         if ("nf:" + name) not in self._warned:
             self._warned.add("nf:" + name)
@@ -102,8 +124,8 @@ class PointConverter:
             number = None
         else:
             try:
-                number = float(value)  # a tensor's .item() runs here, off the training thread
-            except (TypeError, ValueError, RuntimeError):
+                number = float(value)  # a tensor's .item(); 10**400 overflows; anything may raise here
+            except Exception:
                 number = None
         if number is None:
             if name not in self._warned:

@@ -24,13 +24,13 @@ import logging
 import mmap
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -71,11 +71,10 @@ class ProcessTransport:
         self._remote_dropped = 0
         self._shipped = 0  # points messages written (or waiting in _out)
         self._points_shipped = 0
-        self._points_stored = 0
-        self._batch_ends: deque[tuple[int, int]] = deque()  # (message number, points shipped through it)
+        self._points_stored = 0  # of the points shipped, those the sidecar says are stored
         self._stored = 0  # points messages the sidecar says the supervisor has stored
         self._flush_wanted = False
-        self._closed: bool | None = None  # the sidecar's answer to "close"
+        self._closed: bool | None = None  # the sidecar's answer to "close": everything stored
         self._dead = False
         self._out = bytearray()
         self._in = bytearray()
@@ -113,6 +112,7 @@ class ProcessTransport:
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # the trainer's stdout is its own; the sidecar logs to stderr
+                start_new_session=True,  # a terminal's Ctrl-C or hang-up goes to the trainer alone, even at start-up
             )
         except OSError as exc:
             self._lost(exc)
@@ -132,21 +132,31 @@ class ProcessTransport:
         Called by ``report`` when the bell rang or points are due; never blocks
         (a second caller at the same moment returns at once).
         """
+        if ship:
+            self._flush_wanted = True  # served by whoever holds the lock now, or by the next call
         if not self._lock.acquire(blocking=False):
             return
         try:
-            self._service(ship)
+            self._service_uninterrupted()
         finally:
             self._lock.release()
 
-    def _service(self, ship: bool) -> None:
+    def _service_uninterrupted(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            _with_interrupts_deferred(self._service)
+        else:
+            self._service()
+
+    def _service(self) -> None:
         if self._dead:
+            self.state.overflow += len(self.state.queue)  # counted as dropped: nobody will store them
             self.state.queue.clear()
+            self.bell[0] = 0
             self.due[0] = float("inf")
             return
         now = time.time()
         state = self.state
-        shipping = ship or self._flush_wanted or now >= self.due[0] or len(state.queue) >= self.ship_at_points
+        shipping = self._flush_wanted or now >= self.due[0] or len(state.queue) >= self.ship_at_points
         if self.bell[0] or shipping:  # status messages that did not ring are read with each shipment
             self.bell[0] = 0  # before reading: a message sent after this rings again
             self._read()
@@ -158,18 +168,22 @@ class ProcessTransport:
                 acks.append((ack.version, ack.step, ack.time))
             version, values = state.snapshot()
             self._out += _link.encode(("acks", acks, version, values))
-        if ship:
-            self._flush_wanted = True
         if blocked:
             self.due[0] = now + _RETRY_BLOCKED
         elif shipping:
-            points = self._converter.drain(state.queue)
-            self._out += _link.encode(("points", state.overflow, points, self._flush_wanted))
-            self._shipped += 1
-            self._points_shipped += len(points)
-            self._batch_ends.append((self._shipped, self._points_shipped))
+            try:
+                points = self._converter.drain(state.queue, limit=self.ship_at_points)
+                message = _link.encode(("points", state.overflow, points, self._flush_wanted))
+            except Exception:  # never into the training loop; the converter drops bad values itself
+                log.exception("trainer_sdk could not ship a batch of points; continuing")
+                points, message = [], b""
+            if message:
+                self._out += message
+                self._shipped += 1
+                self._points_shipped += len(points)
             self._flush_wanted = False
-            self.due[0] = now + self.flush_interval
+            # The rest of a long backlog goes at the next report, one bounded message at a time.
+            self.due[0] = now if state.queue else now + self.flush_interval
         self._write()
 
     def _write(self) -> None:
@@ -210,12 +224,12 @@ class ProcessTransport:
         if kind == "delta":
             self.state.receive(message[1])  # applied now (or held for its step); the ack goes with this service
         elif kind == "status":
-            _, self._connected, self._flush_interval, self._remote_dropped, self._stored = message
-            ends = self._batch_ends
-            while ends and ends[0][0] <= self._stored:
-                self._points_stored = ends.popleft()[1]
+            _, self._connected, self._flush_interval, self._remote_dropped, self._stored, self._points_stored = (
+                message
+            )
         elif kind == "closed":
-            self._closed = message[1]
+            _, flushed, received = message
+            self._closed = flushed and received == self._shipped
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._dead:
@@ -235,13 +249,14 @@ class ProcessTransport:
 
     def _wait(self, done: Callable[[], bool], timeout: float | None, ship: bool = False) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
+        if ship:
+            self._flush_wanted = True
         while True:
             with self._lock:
                 self.bell[0] = 0
                 if not self._dead:
                     self._read()
-                self._service(ship)
-                ship = False
+                self._service_uninterrupted()
                 if done():
                     return True
                 if self._dead:
@@ -254,7 +269,7 @@ class ProcessTransport:
 
     def poll(self) -> None:
         """Apply what the sidecar sent, if anything (for status reads between reports)."""
-        if self.bell[0]:
+        if self.bell[0] and not self._dead:
             self.service()
 
     def is_connected(self) -> bool:
@@ -287,11 +302,12 @@ class ProcessTransport:
     def close(self, outcome: int, timeout: float) -> bool:
         """Ship everything, let the sidecar flush and say goodbye, and wait for it to exit."""
         deadline = time.monotonic() + timeout
+        # Every point written before "close": the sidecar reads nothing after it.
+        self._wait(lambda: not self._out and not self._flush_wanted and not self.state.queue, timeout, ship=True)
         with self._lock:
-            self._service(True)
             if not self._dead:
-                self._out += _link.encode(("close", outcome, timeout))
-        self._wait(lambda: self._closed is not None, timeout + 1.0)
+                self._out += _link.encode(("close", outcome, max(0.0, deadline - time.monotonic())))
+        self._wait(lambda: self._closed is not None, max(0.0, deadline - time.monotonic()) + 1.0)
         flushed = bool(self._closed)
         self.stopping.set()
         self._sock.close()
@@ -310,3 +326,24 @@ class ProcessTransport:
             self._sock.close()
         except OSError:
             pass
+
+
+def _with_interrupts_deferred(work: Callable[[], None]) -> None:
+    """Run ``work`` with Ctrl-C held until it returns (main thread only).
+
+    A KeyboardInterrupt in the middle of a shipment would lose the points
+    already taken off the queue, or cut a message in two. Held only if the
+    trainer has not installed a SIGINT handler of its own.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        work()
+        return
+    held: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        work()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if held:
+        raise KeyboardInterrupt

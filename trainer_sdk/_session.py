@@ -100,6 +100,8 @@ class Session:
 
     def triggered(self, name: str) -> bool:
         """True once after the supervisor fired trigger ``name`` (e.g. "checkpoint", "stop")."""
+        if self._transport is not None:
+            self._transport.poll()
         fired = self._state.fired
         if name in fired:
             fired.discard(name)
@@ -136,6 +138,7 @@ class Session:
         """Metric points dropped because the buffer was full."""
         if self._transport is None:
             return 0
+        self._transport.poll()
         return self._transport.dropped
 
     @property

@@ -43,7 +43,10 @@ class RelayState(SessionState):
             if delta.version <= self.received_version:
                 return
             self.received_version = delta.version
-        self.link.send(("delta", delta))
+        try:
+            self.link.send(("delta", delta))
+        except OSError:  # the trainer is gone; the relay loop sees it and stores what it has
+            pass
 
 
 class SidecarTransport(Transport):
@@ -53,25 +56,30 @@ class SidecarTransport(Transport):
         super().__init__(state, **kwargs)
         self.link = link
         self.batches_received = 0  # points messages from the trainer, all in state.queue or beyond
+        self.points_received = 0
         self.relay_overflow = 0  # points this process dropped because its own queue was full
         self.relay_lock = threading.Lock()
         self._last_status: tuple[Any, ...] = ()
 
     def push_status(self) -> None:
+        """Tell the trainer what changed; under the lock, so two threads' statuses cannot cross."""
         with self.relay_lock:
-            stored = self.batches_received if self.flushed() else (self._last_status or (0,) * 5)[4]
+            if self.flushed():
+                stored = (self.batches_received, self.points_received)
+            else:
+                stored = self._last_status[4:6] if self._last_status else (0, 0)
             status = ("status", self.connected.is_set(), self.flush_interval, self._dropped + self.relay_overflow,
-                      stored)
+                      *stored)
             if status == self._last_status:
                 return
             # Wake the training thread only for what it reads between shipments (hp.connected,
-            # the pacing); the stored count matters only to a flush() that waits, and it reads.
+            # the pacing); the stored counts matter only to a flush() that waits, and it reads.
             ring = status[1:3] != self._last_status[1:3]
             self._last_status = status
-        try:
-            self.link.send(status, ring=ring)
-        except OSError:  # the trainer is gone; the relay loop sees it too
-            pass
+            try:
+                self.link.send(status, ring=ring)
+            except OSError:  # the trainer is gone; the relay loop sees it too
+                pass
 
     def _on_welcome(self, welcome: Any, outbox: Any) -> None:
         super()._on_welcome(welcome, outbox)
@@ -99,6 +107,10 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
         except (EOFError, OSError):
             abandon(transport)
             return
+        except Exception:  # a message that does not decode: the stream cannot be trusted past it
+            log.exception("unreadable message from the trainer; storing what arrived and stopping")
+            abandon(transport)
+            return
         kind = message[0]
         if kind == "points":
             _, overflow, points, flush = message
@@ -109,6 +121,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 state.overflow = overflow + transport.relay_overflow
                 state.queue.extend(points)  # a deque with maxlen: the oldest go first
                 transport.batches_received += 1
+                transport.points_received += len(points)
                 if points:
                     state.last_step = points[-1][0]
             if flush:
@@ -127,7 +140,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
             _, outcome, timeout = message
             flushed = transport.close(outcome, timeout)
             try:
-                link.send(("closed", flushed))
+                link.send(("closed", flushed, transport.batches_received))
             except OSError:
                 pass
             return

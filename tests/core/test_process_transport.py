@@ -118,3 +118,55 @@ def test_close_waits_for_the_sidecars_goodbye_not_for_its_timeout(supervisor, ca
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
     run = next(r for r in supervisor.json("runs") if r["run"] == "closing")
     assert run["outcome"] == "completed" and run["points_received"] == 200
+
+
+def test_a_backlog_larger_than_the_socket_buffer_is_stored_before_close_says_goodbye(supervisor):
+    """Messages are bounded (4,096 points) and every one is written before "close", which ends the sidecar's reading."""
+    import threading
+
+    from trainer_sdk import connect
+
+    hp = connect("backlog", {"lr": 0.1}, address=supervisor.address, telemetry=False, transport="process")
+    assert hp.wait_connected(30)
+    sidecar = hp._transport._proc.pid
+    os.kill(sidecar, signal.SIGSTOP)  # a sidecar that does not read: writes stop at the socket buffer
+    try:
+        for step in range(30_000):  # the rest waits in the bounded queue, report() never blocks
+            hp.report(step, loss=0.5, acc=0.25, grad_norm=1.5)
+    finally:
+        threading.Timer(1.0, os.kill, (sidecar, signal.SIGCONT)).start()
+    hp.close(timeout=30.0)  # starts while the socket is still full
+    run = next(r for r in supervisor.json("runs") if r["run"] == "backlog")
+    assert run["outcome"] == "completed" and run["points_received"] == 30_000 and run["points_dropped"] == 0
+
+
+def test_bad_values_and_steps_are_dropped_with_a_warning_never_raised_into_the_loop(supervisor, caplog):
+    from trainer_sdk import connect
+
+    hp = connect("bad-values", {"lr": 0.1}, address=supervisor.address, telemetry=False, transport="process")
+    assert hp.wait_connected(30)
+    hp.report(0, loss=1.0, huge=10**400, word="text")
+    hp.report(float("nan"), loss=2.0)  # a step that is not an integer: the point is dropped
+    hp.report(1, loss=3.0)
+    assert hp.flush(30) is True  # the shipment ran on this thread and raised nothing
+    hp.close()
+    steps = [(json.loads(line)["step"], json.loads(line)["value"])
+             for line in supervisor.cli("metrics", "bad-values", "--name", "loss", "--json").stdout.splitlines()]
+    assert steps == [(0, 1.0), (1, 3.0)]
+    for warning in ("metric 'huge'", "metric 'word'", "a step must be an integer"):
+        assert warning in caplog.text, caplog.text
+
+
+def test_a_loop_waiting_on_a_trigger_sees_it_without_reporting(supervisor):
+    from trainer_sdk import connect
+
+    hp = connect("waits", {"lr": 0.1}, address=supervisor.address, telemetry=False, transport="process")
+    assert hp.wait_connected(30)
+    hp.report(0, loss=1.0)
+    assert hp.flush(30)
+    supervisor.cli("trigger", "waits", "stop")
+    deadline = time.monotonic() + 15
+    while not hp.triggered("stop"):  # no report() in this loop: triggered() reads what the sidecar sent
+        assert time.monotonic() < deadline, "the trigger never reached the loop"
+        time.sleep(0.01)
+    hp.close()
