@@ -114,7 +114,9 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers
     port = free_port()
     db = tmp_path / "durable.db"
     first = supervisor_factory(db, port=port)
-    trainer = trainers("--run", "crash", "--address", first.address, "--steps", "700", "--sleep", "0.005")
+    # Long enough to outlive the outage and a slow restart: a trainer that finished and said goodbye
+    # before the second supervisor's first `runs` would never show as reconnected.
+    trainer = trainers("--run", "crash", "--address", first.address, "--steps", "1500", "--sleep", "0.005")
     trainer.wait_for("connected")
     first.cli("set", "crash", "lr=0.05", "--wait")
     down_since = time.time()
@@ -140,7 +142,7 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers
         json.loads(line)["step"]
         for line in second.cli("metrics", "crash", "--name", "loss", "--json").stdout.splitlines()
     )
-    assert sorted(steps) == list(range(700)), "gaps in the stored metric stream"
+    assert sorted(steps) == list(range(1500)), "gaps in the stored metric stream"
     assert max(steps.values()) == 1, "duplicates in the stored metric stream"
 
 
