@@ -16,8 +16,8 @@ thread reads on every report, unless only the stored or dropped counts in a
 status changed: the trainer reads those when it next ships or waits)::
 
     ("delta", Delta)
-    ("status", connected, flush_interval, dropped, stored_batches, stored_points)
-    ("closed", flushed, batches_received)
+    ("status", connected, flush_interval, dropped, points_stored)
+    ("closed", flushed, points_received)
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class PointConverter:
                 try:
                     step = int(step)
                 except (TypeError, ValueError, OverflowError):
-                    self._warn_once("step", "a step must be an integer, got %r; dropping such points", step)
+                    self._warn_once("step:", "a step must be an integer, got %r; dropping such points", step)
                     continue
             values: dict[str, float] = {}
             for name, value in metrics.items():
@@ -114,10 +114,13 @@ class PointConverter:
             log.warning(message, *args)
 
     def _non_finite(self, name: str, number: float) -> None:
-        if ("nf:" + name) not in self._warned:
-            self._warned.add("nf:" + name)
-            step = self._state.last_step
-            log.warning("metric %r is %r at step %s; sending it (guards act on it)", name, number, step)
+        self._warn_once(
+            "non-finite:" + name,
+            "metric %r is %r at step %s; sending it (guards act on it)",
+            name,
+            number,
+            self._state.last_step,
+        )
 
     def _to_float(self, name: str, value: Any) -> float | None:
         if isinstance(value, str):
@@ -128,8 +131,5 @@ class PointConverter:
             except Exception:
                 number = None
         if number is None:
-            if name not in self._warned:
-                self._warned.add(name)
-                log.warning("metric %r: %r is not a number; dropping such values", name, value)
-            return None
+            self._warn_once("not-a-number:" + name, "metric %r: %r is not a number; dropping such values", name, value)
         return number

@@ -37,7 +37,7 @@ from typing import Any
 
 from trainer_sdk import _link
 from trainer_sdk._points import PointConverter
-from trainer_sdk._state import SessionState
+from trainer_sdk._state import ConnectOptions, SessionState
 
 log = logging.getLogger("trainer_sdk")
 
@@ -52,27 +52,15 @@ class ProcessTransport:
 
     ship_at_points = SHIP_AT_POINTS
 
-    def __init__(
-        self,
-        state: SessionState,
-        *,
-        address: str,
-        session_id: str,
-        token: str | None,
-        flush_interval: float,
-        backoff_max: float,
-        telemetry: float | None = None,
-    ) -> None:
+    def __init__(self, state: SessionState, options: ConnectOptions, telemetry: float | None = None) -> None:
         self.state = state
         self.stopping = threading.Event()
         self.due = [0.0]  # time.time() at which report() next ships points; a list so report's closure reads it
-        self._flush_interval = flush_interval
+        self._flush_interval = options.flush_interval
         self._connected = False
         self._remote_dropped = 0
-        self._shipped = 0  # points messages written (or waiting in _out)
-        self._points_shipped = 0
-        self._points_stored = 0  # of the points shipped, those the sidecar says are stored
-        self._stored = 0  # points messages the sidecar says the supervisor has stored
+        self._points_shipped = 0  # written to the sidecar (or waiting in _out)
+        self._points_stored = 0  # of those, what the sidecar last said the supervisor has stored
         self._flush_wanted = False
         self._closed: bool | None = None  # the sidecar's answer to "close": everything stored
         self._dead = False
@@ -87,11 +75,7 @@ class ProcessTransport:
             "params": state.params,
             "values": dict(state.values),
             "buffer_size": state.buffer_size,
-            "address": address,
-            "session_id": session_id,
-            "token": token,
-            "flush_interval": flush_interval,
-            "backoff_max": backoff_max,
+            "options": options,
             "telemetry": telemetry,  # GPU and host readings are machine-wide: the sidecar samples them
         }
         self._bell_file = tempfile.TemporaryFile()
@@ -179,7 +163,6 @@ class ProcessTransport:
                 points, message = [], b""
             if message:
                 self._out += message
-                self._shipped += 1
                 self._points_shipped += len(points)
             self._flush_wanted = False
             # The rest of a long backlog goes at the next report, one bounded message at a time.
@@ -224,12 +207,10 @@ class ProcessTransport:
         if kind == "delta":
             self.state.receive(message[1])  # applied now (or held for its step); the ack goes with this service
         elif kind == "status":
-            _, self._connected, self._flush_interval, self._remote_dropped, self._stored, self._points_stored = (
-                message
-            )
+            _, self._connected, self._flush_interval, self._remote_dropped, self._points_stored = message
         elif kind == "closed":
             _, flushed, received = message
-            self._closed = flushed and received == self._shipped
+            self._closed = flushed and received == self._points_shipped
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._dead:
@@ -280,7 +261,12 @@ class ProcessTransport:
         return self._wait(lambda: self._connected, timeout)
 
     def flushed(self) -> bool:
-        return not self.state.queue and not self._out and not self._flush_wanted and self._stored >= self._shipped
+        return (
+            not self.state.queue
+            and not self._out
+            and not self._flush_wanted
+            and self._points_stored >= self._points_shipped
+        )
 
     def flush(self, timeout: float | None) -> bool:
         if timeout is not None and timeout <= 0:

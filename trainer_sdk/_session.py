@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainer_sdk._params import Param, ParamValue, as_param
-from trainer_sdk._state import ChangeEvent, SessionState
+from trainer_sdk._state import ChangeEvent, ConnectOptions, SessionState
 
 log = logging.getLogger("trainer_sdk")
 
@@ -363,24 +363,24 @@ def connect(
         _specialise(session, values, _offline_report)
         return session
 
-    options = {
-        "address": address,
-        "session_id": uuid.uuid4().hex,
-        "token": token or os.environ.get("SUPERVISOR_TOKEN") or None,
-        "flush_interval": flush_interval,
-        "backoff_max": backoff_max,
-    }
+    options = ConnectOptions(
+        address=address,
+        session_id=uuid.uuid4().hex,
+        token=token or os.environ.get("SUPERVISOR_TOKEN") or None,
+        flush_interval=flush_interval,
+        backoff_max=backoff_max,
+    )
     interval = (5.0 if telemetry is True else float(telemetry)) if telemetry else None
     if transport == "process":
         from trainer_sdk._process_transport import ProcessTransport
 
-        connection: Any = ProcessTransport(state, telemetry=interval, **options)  # sampled in the sidecar
+        connection: Any = ProcessTransport(state, options, telemetry=interval)  # sampled in the sidecar
         interval = None
         report = _make_process_report(state, connection)
     else:
         from trainer_sdk._transport import Transport
 
-        connection = Transport(state, **options)
+        connection = Transport(state, options)
         report = _make_report(state)
     object.__setattr__(session, "_transport", connection)
     _specialise(session, values, report)

@@ -24,7 +24,7 @@ import time
 from typing import Any
 
 from trainer_sdk._link import BELL_SIZE, BlockingLink
-from trainer_sdk._state import Ack, Delta, SessionState
+from trainer_sdk._state import Ack, ConnectOptions, Delta, SessionState
 from trainer_sdk._transport import Transport
 
 log = logging.getLogger("trainer_sdk")
@@ -52,11 +52,10 @@ class RelayState(SessionState):
 class SidecarTransport(Transport):
     """The thread transport, telling the trainer whenever its connection, pacing or stored points change."""
 
-    def __init__(self, state: RelayState, link: BlockingLink, **kwargs: Any) -> None:
-        super().__init__(state, **kwargs)
+    def __init__(self, state: RelayState, link: BlockingLink, options: ConnectOptions) -> None:
+        super().__init__(state, options)
         self.link = link
-        self.batches_received = 0  # points messages from the trainer, all in state.queue or beyond
-        self.points_received = 0
+        self.points_received = 0  # from the trainer, all in state.queue or beyond
         self.relay_overflow = 0  # points this process dropped because its own queue was full
         self.relay_lock = threading.Lock()
         self._last_status: tuple[Any, ...] = ()
@@ -65,11 +64,11 @@ class SidecarTransport(Transport):
         """Tell the trainer what changed; under the lock, so two threads' statuses cannot cross."""
         with self.relay_lock:
             if self.flushed():
-                stored = (self.batches_received, self.points_received)
+                stored = self.points_received
             else:
-                stored = self._last_status[4:6] if self._last_status else (0, 0)
+                stored = self._last_status[4] if self._last_status else 0
             status = ("status", self.connected.is_set(), self.flush_interval, self._dropped + self.relay_overflow,
-                      *stored)
+                      stored)
             if status == self._last_status:
                 return
             # Wake the training thread only for what it reads between shipments (hp.connected,
@@ -120,7 +119,6 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                     transport.relay_overflow += len(points) - room
                 state.overflow = overflow + transport.relay_overflow
                 state.queue.extend(points)  # a deque with maxlen: the oldest go first
-                transport.batches_received += 1
                 transport.points_received += len(points)
                 if points:
                     state.last_step = points[-1][0]
@@ -140,7 +138,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
             _, outcome, timeout = message
             flushed = transport.close(outcome, timeout)
             try:
-                link.send(("closed", flushed, transport.batches_received))
+                link.send(("closed", flushed, transport.points_received))
             except OSError:
                 pass
             return
@@ -190,15 +188,7 @@ def main(argv: list[str]) -> int:
         buffer_size=config["buffer_size"],
     )
     state.link = link
-    transport = SidecarTransport(
-        state,
-        link,
-        address=config["address"],
-        session_id=config["session_id"],
-        token=config["token"],
-        flush_interval=config["flush_interval"],
-        backoff_max=config["backoff_max"],
-    )
+    transport = SidecarTransport(state, link, config["options"])
     transport.start()
     sampler = _start_telemetry(transport, config["telemetry"]) if config.get("telemetry") else None
     try:

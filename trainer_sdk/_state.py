@@ -57,6 +57,17 @@ class Delta:
 
 
 @dataclass(frozen=True)
+class ConnectOptions:
+    """What ``connect()`` was told about the connection; either transport takes it whole (the sidecar by pickle)."""
+
+    address: str
+    session_id: str
+    token: str | None
+    flush_interval: float
+    backoff_max: float
+
+
+@dataclass(frozen=True)
 class Ack:
     version: int
     step: int

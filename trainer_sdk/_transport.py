@@ -31,7 +31,7 @@ import grpc
 
 from trainer_sdk import _wire
 from trainer_sdk._points import PointConverter
-from trainer_sdk._state import Delta, SessionState
+from trainer_sdk._state import ConnectOptions, Delta, SessionState
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -68,23 +68,14 @@ class Backoff:
 
 
 class Transport:
-    def __init__(
-        self,
-        state: SessionState,
-        *,
-        address: str,
-        session_id: str,
-        token: str | None,
-        flush_interval: float,
-        backoff_max: float,
-    ) -> None:
+    def __init__(self, state: SessionState, options: ConnectOptions) -> None:
         self.state = state
-        self.address = address
-        self.session_id = session_id
-        self.requested_flush_interval = flush_interval
+        self.address = options.address
+        self.session_id = options.session_id
+        self.requested_flush_interval = options.flush_interval
         self.paced_flush_interval = 0.0  # the supervisor's bound (Pacing), 0 until it sends one
-        self.backoff = Backoff(maximum=backoff_max)
-        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.backoff = Backoff(maximum=options.backoff_max)
+        self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
         self.connected = threading.Event()
         self.stopping = threading.Event()
         self._send_lock = threading.Lock()

@@ -6,7 +6,7 @@ import queue
 import time
 
 from trainer_sdk import Float
-from trainer_sdk._state import SessionState
+from trainer_sdk._state import ConnectOptions, SessionState
 from trainer_sdk._transport import _METRICS, Transport
 
 
@@ -14,8 +14,8 @@ def _transport(buffer_size: int = 5000) -> Transport:
     state = SessionState(
         run="r", rank=0, world_size=1, params={"lr": Float(0.1)}, values={"lr": 0.1}, buffer_size=buffer_size
     )
-    transport = Transport(state, address="127.0.0.1:1", session_id="s", token=None, flush_interval=0.0,
-                          backoff_max=1.0)
+    options = ConnectOptions(address="127.0.0.1:1", session_id="s", token=None, flush_interval=0.0, backoff_max=1.0)
+    transport = Transport(state, options)
     transport._outbox = queue.SimpleQueue()
     return transport
 
