@@ -211,9 +211,11 @@ class Supervisor:
                 specs={n: param_to_dict(p) for n, p in params.items()},
                 values=merged,
             )
-        if hello.version > run.version or (hello.version == run.version and values != run.values and run.version == 0):
+        if hello.version > run.version or (hello.version == run.version and values != run.values):
             # The trainer is ahead (the supervisor lost state, or started on an empty
-            # database): keep what it is actually using instead of resetting it.
+            # database), or at the same version with other values (it applied a change
+            # this supervisor never recorded, then this one's change of the same number):
+            # keep what it is actually using instead of resetting it.
             old = dict(run.values)
             run.values = dict(values)
             version = max(hello.version, run.version) if hello.version > run.version else None

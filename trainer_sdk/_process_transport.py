@@ -64,6 +64,7 @@ class ProcessTransport:
         self._flush_wanted = False
         self._closed: bool | None = None  # the sidecar's answer to "close": everything stored
         self._dead = False
+        self._rehello = False  # the sidecar should reconnect with the values in use (SessionState.resync)
         self._out = bytearray()
         self._in = bytearray()
         self._lock = threading.Lock()
@@ -152,6 +153,10 @@ class ProcessTransport:
                 acks.append((ack.version, ack.step, ack.time))
             version, values = state.snapshot()
             self._out += _link.encode(("acks", acks, version, values))
+        if self._rehello:
+            self._rehello = False
+            version, values = state.snapshot()
+            self._out += _link.encode(("acks", [], version, values)) + _link.encode(("rehello",))
         if blocked:
             self.due[0] = now + _RETRY_BLOCKED
         elif shipping:
@@ -206,6 +211,9 @@ class ProcessTransport:
         kind = message[0]
         if kind == "delta":
             self.state.receive(message[1])  # applied now (or held for its step); the ack goes with this service
+        elif kind == "welcome":
+            if self.state.resync(message[1]):
+                self._rehello = True  # asked for after this service's acks, which carry the values in use
         elif kind == "status":
             _, self._connected, self._flush_interval, self._remote_dropped, self._points_stored = message
         elif kind == "closed":

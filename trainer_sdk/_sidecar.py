@@ -82,6 +82,10 @@ class SidecarTransport(Transport):
 
     def _on_welcome(self, welcome: Any, outbox: Any) -> None:
         super()._on_welcome(welcome, outbox)
+        try:  # before any delta of this stream: deltas forwarded earlier may be stale (SessionState.resync)
+            self.link.send(("welcome", welcome.version))
+        except OSError:  # the trainer is gone; the relay loop sees it too
+            pass
         self.push_status()
 
     def _disconnect(self, outbox: Any) -> None:
@@ -134,6 +138,8 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 state.version = version  # what the trainer's next Hello says it holds
             state.acks.extend(Ack(v, step, when) for v, step, when in acks)
             state.poke()
+        elif kind == "rehello":  # the supervisor adopted older values than the trainer uses (after its acks)
+            transport.rehello()
         elif kind == "close":
             _, outcome, timeout = message
             flushed = transport.close(outcome, timeout)

@@ -121,6 +121,32 @@ class SessionState:
                 self._refresh_gate()
         self.poke()
 
+    def resync(self, version: int) -> bool:
+        """A (re)connection's Welcome says the supervisor's run is at ``version``.
+
+        Deltas received above it come from a supervisor state that is gone (it
+        restarted on an empty or older database): those not applied yet are
+        dropped, and that supervisor's next versions, which reuse their numbers,
+        are taken instead of being ignored as duplicates. Returns True when this
+        process already applied a version above it: the supervisor adopted older
+        values than the ones in use, and a fresh Hello (a reconnect) corrects that.
+        """
+        with self.apply_lock:
+            if self.received_version <= version:
+                return False
+            stale = [d.version for d in self.pending if d.version > version]
+            if stale:
+                self.pending = [d for d in self.pending if d.version <= version]
+                self._refresh_gate()
+                log.warning(
+                    "the supervisor is at version %d, behind changes this process received but had not applied "
+                    "(versions %s): it lost them (restarted on an empty or older database); dropping them",
+                    version,
+                    ", ".join(map(str, stale)),
+                )
+            self.received_version = version
+            return self.version > version
+
     def apply_due(self, step: int) -> None:
         """Called from report() when ``step >= gate``: apply every delta now due."""
         with self.apply_lock:

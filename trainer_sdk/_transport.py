@@ -90,6 +90,7 @@ class Transport:
         self._converter = PointConverter(state)
         self._goodbye: pb.Goodbye | None = None
         self._flush_now = False
+        self._rehello = False  # reconnect to send a fresh Hello (see SessionState.resync)
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
 
@@ -115,6 +116,13 @@ class Transport:
     def unstored(self) -> int:
         """Points reported but not yet stored by the supervisor."""
         return len(self.state.queue) + len(self._unacked)
+
+    def rehello(self) -> None:
+        """Reconnect at once, so the supervisor gets a Hello with the values this process uses now."""
+        self._rehello = True
+        call = self._call
+        if call is not None:
+            call.cancel()
 
     def poll(self) -> None:
         """Nothing to do: this transport's threads apply what arrives at once."""
@@ -256,6 +264,8 @@ class Transport:
                             log.info("reconnected to the supervisor at %s", self.address)
                         outage_logged = False
                         self.backoff.reset()
+                        if self._rehello:
+                            break
                     elif kind == "delta":
                         self._on_delta(response.delta)
                     elif kind == "metrics_ack":
@@ -266,7 +276,9 @@ class Transport:
                 if self.stopping.is_set():
                     break
                 code = exc.code() if hasattr(exc, "code") else None
-                if code in (
+                if self._rehello and code == grpc.StatusCode.CANCELLED:
+                    pass  # rehello() ended the call: not an outage
+                elif code in (
                     grpc.StatusCode.INVALID_ARGUMENT,
                     grpc.StatusCode.UNAUTHENTICATED,
                     grpc.StatusCode.PERMISSION_DENIED,
@@ -277,7 +289,7 @@ class Transport:
                     )
                     self._disconnect(outbox)
                     break
-                if not outage_logged:
+                elif not outage_logged:
                     outage_logged = True
                     log.warning(
                         "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
@@ -291,6 +303,10 @@ class Transport:
                 channel.close()
             if self.stopping.is_set():
                 break
+            if self._rehello:
+                self._rehello = False
+                log.info("reconnecting to tell the supervisor the values this process uses (it adopted older ones)")
+                continue
             self.stopping.wait(self.backoff.next())
 
     def _requests(self, outbox: queue.SimpleQueue[Any]):
@@ -339,6 +355,8 @@ class Transport:
         ]
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
+        if self.state.resync(welcome.version):
+            self._rehello = True  # the connection loop reconnects once this Welcome is handled
         with self._send_lock:
             unacked = self._unacked
             while unacked and unacked[0][0] <= welcome.last_seq:
