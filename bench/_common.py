@@ -148,6 +148,24 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
+def python_loop_ms(repeats: int = 7) -> float:
+    """Median milliseconds of a fixed pure-Python loop: how fast this shared machine runs right now.
+
+    The same code measured at different times of day ran at different speeds
+    here (a load generator's CPU for the same work moved by a quarter), so each
+    section records this beside its figures, and the scale benchmark before
+    each size.
+    """
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i * i % 7
+        times.append((time.perf_counter() - started) * 1000)
+    return float(np.median(times))
+
+
 def cpu_counters() -> tuple[int, int, int]:
     """(total, idle+iowait, steal) jiffies of all CPUs, from /proc/stat."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]

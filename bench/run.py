@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from bench._common import ROOT, Result, cpu_counters, fmt, machine, machine_usage
+from bench._common import ROOT, Result, cpu_counters, fmt, machine, machine_usage, python_loop_ms
 
 BENCHMARKS = {
     "read_cost": "1. read cost",
@@ -61,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"\n== {BENCHMARKS[name]} ({'quick' if quick else 'full'})", flush=True)
         started = time.time()
+        speed = python_loop_ms()
         counters = cpu_counters()
         try:
             module = importlib.import_module(f"bench.{name}")
@@ -73,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
             section = {"title": BENCHMARKS[name], "rows": [], "data": {}, "plots": [],
                        "error": f"{type(exc).__name__}: {exc}"}
         section["machine_usage"] = machine_usage(counters, cpu_counters())
+        section["python_loop_ms"] = round(speed, 2)
         section["git_commit"] = info.get("git_commit")
         section.update(mode="quick" if quick else "full", started=dt.datetime.fromtimestamp(started).isoformat(
             timespec="seconds"), seconds=round(time.time() - started, 1))
@@ -110,7 +112,8 @@ def table(info: dict[str, Any], sections: dict[str, Any]) -> str:
         usage = section.get("machine_usage", {})
         title = (f"{section['title']} ({section['mode']}, {section['started']}, git {section.get('git_commit', '?')}; "
                  f"machine busy "
-                 f"{usage.get('busy', float('nan')):.0%}, steal {usage.get('steal', float('nan')):.0%})")
+                 f"{usage.get('busy', float('nan')):.0%}, steal {usage.get('steal', float('nan')):.0%}; "
+                 f"reference Python loop {section.get('python_loop_ms', float('nan')):.1f} ms before it)")
         if section.get("error"):
             lines.append(f"| {title} | failed | | | | | {section['error']} |")
         for row in section["rows"]:

@@ -55,6 +55,7 @@ from bench._common import (
     cpu_counters,
     cpu_seconds,
     machine_usage,
+    python_loop_ms,
     rel,
     rss_mib,
     rss_peak_mib,
@@ -198,10 +199,13 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     """One size; with ``supervisors`` > 1, that many supervisor processes share the streams and the
     message budget (``--max-metric-messages``) evenly, as runs sharded by name would, and the
     probes go to the first one."""
+    time.sleep(1.0)  # the previous size's processes wind down
+    speed = python_loop_ms()  # before anything of this size runs
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
     config = workdir / "policies.toml"
     config.write_text(CONFIG if plateau else CONFIG.replace('runs = "scale-*"', 'runs = "no-run-matches-*"'))
-    res: dict[str, Any] = {"streams": n, "plateau": plateau, "supervisors": supervisors, "rate": rate}
+    res: dict[str, Any] = {"streams": n, "plateau": plateau, "supervisors": supervisors, "rate": rate,
+                           "python_loop_ms": speed}
     budget = ("--max-metric-messages", f"{1000 / supervisors:g}") if supervisors > 1 else ()
     with ExitStack() as stack:
         sups = [stack.enter_context(SupervisorProcess(config=config, workdir=workdir / f"supervisor-{k}", args=budget))
@@ -438,7 +442,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
                         f"{r['supervisor_event_loop_cpu_cores']:.2f} "
                         f"cores; load generators "
                         f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
-                        f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; "
+                        f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; reference Python loop "
+                        f"{r['python_loop_ms']:.1f} ms just before; "
                         f"{r['deltas_to_streams']} deltas (plateau decisions) reached the streams")
     largest = next((r for r in reversed(runs) if "error" not in r and "profile" in r), None)
     if largest is not None and "profile" in largest:
