@@ -105,6 +105,7 @@ class LiveRunView:
         self._history: dict[str, _Series] = {}
         self._unrecorded: tuple[MetricColumns, int, int] | None = None  # evaluated, not yet in _history
         self._lock = threading.Lock()
+        self.history_loaded = False  # what earlier supervisors stored, before this one's first point
 
     def refresh(self, run: RunState) -> LiveRunView:
         if self._declared is not run.params:
@@ -113,6 +114,13 @@ class LiveRunView:
         self.params = MappingProxyType(dict(run.values))
         self.pinned = frozenset(run.pinned)
         return self
+
+    def prefill(self, stored: Mapping[str, tuple[Sequence[int], Sequence[float]]]) -> None:
+        """History from storage, older than any point this view has seen (after a supervisor restart)."""
+        with self._lock:
+            for name, (steps, values) in stored.items():
+                self._series(name).extend(steps, values)
+            self.history_loaded = True
 
     def record(self, step: int, values: Mapping[str, float]) -> None:
         with self._lock:
@@ -423,6 +431,8 @@ class PolicyHost:
             await self._apply(run, await self._attach(view))
         if kind == "point":
             rank, step, when, values = payload
+            if not view.history_loaded:
+                await self._load_history(run, view, step)
             view.record(step, values)
             point = MetricPoint(run=run.name, step=step, time=when, metrics=values, rank=rank)
             outcomes: list[Outcome] = []
@@ -453,6 +463,9 @@ class PolicyHost:
         only after the decision was applied, with the new values in the view.
         """
         view = self._view(run)
+        if not view.history_loaded:
+            rank, columns, start = batches[0]
+            await self._load_history(run, view, columns.steps[start])
         runners = self.engine.runners_for(run.name)
         progress = _Progress()
         future = self._worker_pool().submit(self._evaluate, runners, view, batches, progress)
@@ -637,6 +650,22 @@ class PolicyHost:
         ]
         items.append((_ATTACHED, name, [runner.policy_id for runner in self.engine.runners_for(name)]))
         self.core.writer.save_states(items)  # committed with the next metrics round
+
+    async def _load_history(self, run: RunState, view: LiveRunView, first_step: int) -> None:
+        """Before a view's first point: the history the run's earlier points left in storage.
+
+        Empty for a new run; after a supervisor restart, policies that look back
+        (``run.history``) see the same window they would have without it. Points
+        from ``first_step`` on are left out: they are on their way through the lane.
+        """
+        try:
+            stored = await self.core.db.read(
+                Store.recent_history, run.id, before_step=first_step, per_metric=HISTORY_PER_METRIC
+            )
+        except Exception:  # the history is a courtesy; the policies run without it
+            log.exception("could not read the stored history of run %s for its policies", run.name)
+            stored = {}
+        view.prefill(stored)
 
     def _view(self, run: RunState) -> LiveRunView:
         view = self._views.get(run.name)

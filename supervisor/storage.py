@@ -494,6 +494,44 @@ class Store:
                     index += 1
         return out, 0
 
+    def recent_history(
+        self, run_id: int, *, before_step: int, per_metric: int, max_values: int = 20_000
+    ) -> dict[str, tuple[list[int], list[float]]]:
+        """The last ``per_metric`` stored (step, value) pairs per metric at steps below ``before_step``, oldest first.
+
+        For a policy host started after the run began: its policies' history
+        picks up where the previous supervisor's left off. Reads batches newest
+        first and stops after ``max_values`` values, so a restarted supervisor
+        with a thousand long runs pays a bounded read for each, and a metric
+        reported rarely may come back with fewer pairs than it had.
+        """
+        newest_first: dict[str, tuple[list[int], list[float]]] = {}
+        scanned = 0
+        query = self._conn.execute(
+            "SELECT first_seq, seqs, steps, times, counts, names, name_indexes, vals FROM metric_batches"
+            " WHERE run_id = ? AND points > 0 ORDER BY id DESC",
+            (run_id,),
+        )
+        for first_seq, *packed in query:
+            columns = MetricColumns.decode(first_seq, *packed)
+            for name, steps, values in columns.series(0, len(columns)):
+                pair = newest_first.get(name)
+                if pair is None:
+                    pair = newest_first[name] = ([], [])
+                room = per_metric - len(pair[0])
+                for step, value in zip(reversed(steps), reversed(values), strict=True):
+                    if room <= 0:
+                        break
+                    if step < before_step:
+                        pair[0].append(step)
+                        pair[1].append(value)
+                        room -= 1
+            scanned += len(columns.values)
+            if scanned >= max_values:
+                query.close()
+                break
+        return {name: (steps[::-1], values[::-1]) for name, (steps, values) in newest_first.items() if steps}
+
     # -- policy state ------------------------------------------------------------------------
 
     def _put_policy_states(self, items: Iterable[tuple[str, str, Any]]) -> None:

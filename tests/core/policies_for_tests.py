@@ -1,10 +1,10 @@
-"""Misbehaving policies, loaded by the supervisor as ``tests.core.policies_for_tests:Name``."""
+"""Policies for tests (misbehaving ones, probes), loaded by the supervisor as ``tests.core.policies_for_tests:Name``."""
 
 from __future__ import annotations
 
 import time
 
-from policies import Policy
+from policies import Policy, SetParams
 
 
 class Crash(Policy):
@@ -19,3 +19,17 @@ class Sleepy(Policy):
     def observe(self, point, run):
         time.sleep(self.seconds)
         return ()
+
+
+class HistoryProbe(Policy):
+    """At the first point it sees in this process, tells what ``run.history`` holds, in a decision's reason."""
+
+    def __init__(self) -> None:
+        self.told = False
+
+    def observe(self, point, run):
+        if self.told:
+            return ()
+        self.told = True
+        steps = [step for step, _ in run.history("val_loss")]
+        return [SetParams(changes={"lr": 0.001 * len(steps)}, reason=f"history steps {steps}")]

@@ -66,6 +66,29 @@ def test_restart_mid_plateau_resumes_exactly(tmp_path, supervisor_factory):
     hp.close()
 
 
+def test_history_after_a_restart_picks_up_the_stored_points(tmp_path, supervisor_factory):
+    config = write(tmp_path, """
+[[policy]]
+id = "probe"
+type = "tests.core.policies_for_tests:HistoryProbe"
+runs = "*"
+""")
+    port = free_port()
+    first = supervisor_factory(tmp_path / "h.db", port=port, args=("--config", str(config)))
+    hp = session(first.address, "history-restart")
+    report(hp, [0, 1, 2, 3, 4])
+    wait_until(lambda: policy_entries(first, "history-restart", "policy:probe"), message="the first probe")
+    assert policy_entries(first, "history-restart", "policy:probe")[0]["reason"] == "history steps [0]"
+    first.kill()
+    second = supervisor_factory(tmp_path / "h.db", port=port, args=("--config", str(config)))
+    wait_until(lambda: hp.connected, timeout=30, message="the reconnect")
+    report(hp, [5])
+    wait_until(lambda: len(policy_entries(second, "history-restart", "policy:probe")) == 2, message="the second probe")
+    # the new process's first point sees the window the old one had, then its own point
+    assert policy_entries(second, "history-restart", "policy:probe")[1]["reason"] == "history steps [0, 1, 2, 3, 4, 5]"
+    hp.close()
+
+
 def test_crashing_and_sleeping_policies_do_not_disturb_other_runs(tmp_path, supervisor_factory):
     config = write(
         tmp_path,

@@ -105,6 +105,25 @@ def test_batches_read_back_value_by_value_with_paging_and_a_name_filter(tmp_path
     assert store.open_session(run_id, 1, "b") == (s1, 1, True)
 
 
+def test_recent_history_is_the_last_pairs_per_metric_below_a_step_oldest_first(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.db")
+    run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    key, _, _ = store.open_session(run_id, 0, "a")
+    uniform = _columns([(seq, seq, {"loss": float(seq), "acc": seq / 10}) for seq in range(1, 6)])
+    mixed = _columns([(6, 6, {"loss": 6.0}), (7, 7, {"val_loss": 0.7}), (8, 8, {"loss": 8.0})])
+    store.insert_metrics([(run_id, 0, key, 0, uniform)])
+    store.insert_metrics([(run_id, 0, key, 0, mixed)])
+    history = store.recent_history(run_id, before_step=8, per_metric=3)
+    assert history == {
+        "loss": ([4, 5, 6], [4.0, 5.0, 6.0]), "acc": ([3, 4, 5], [0.3, 0.4, 0.5]), "val_loss": ([7], [0.7])
+    }
+    # the scan stops after max_values: here only the newest batch is read
+    assert store.recent_history(run_id, before_step=100, per_metric=10, max_values=1) == {
+        "loss": ([6, 8], [6.0, 8.0]), "val_loss": ([7], [0.7])
+    }
+    assert store.recent_history(run_id, before_step=1, per_metric=10) == {}
+
+
 def test_a_schema_1_database_is_migrated_without_losing_anything(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     conn = sqlite3.connect(path)
