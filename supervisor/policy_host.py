@@ -261,6 +261,7 @@ class PolicyHost:
         self._wakeups: dict[str, asyncio.Event] = {}
         self._runner_locks: dict[int, asyncio.Lock] = {}
         self._views: dict[str, LiveRunView] = {}
+        self._attached_saved: dict[str, list[str]] = {}  # per run, the policy ids last saved as attached
         self._source: tuple[Path, dict[str, Any]] | None = None
         self._watchdog: asyncio.Task[None] | None = None
         # The engine's bookkeeping (attach, detach) is not thread-safe: one at a time.
@@ -313,6 +314,7 @@ class PolicyHost:
                 if policy != _ATTACHED
             ]
             self.engine.load_state_dict({"format": 1, "attached": attached, "runners": runners})
+            self._attached_saved = {scope: list(ids) for scope, ids in attached.items()}
             log.info("resumed policy state for %d runs", len(attached))
         self._watchdog = asyncio.create_task(self._watch_vanished(), name="policy-watchdog")
 
@@ -648,7 +650,10 @@ class PolicyHost:
             (runner.policy_id, "*" if runner.scope == "population" else name, runner.state_dict())
             for runner in self.engine.runners_for(name)
         ]
-        items.append((_ATTACHED, name, [runner.policy_id for runner in self.engine.runners_for(name)]))
+        attached = [runner.policy_id for runner in self.engine.runners_for(name)]
+        if self._attached_saved.get(name) != attached:  # saved when it changes, not with every round
+            self._attached_saved[name] = attached
+            items.append((_ATTACHED, name, attached))
         self.core.writer.save_states(items)  # committed with the next metrics round
 
     async def _load_history(self, run: RunState, view: LiveRunView, first_step: int) -> None:
