@@ -433,8 +433,7 @@ class PolicyHost:
             await self._apply(run, await self._attach(view))
         if kind == "point":
             rank, step, when, values = payload
-            if not view.history_loaded:
-                await self._load_history(run, view, step)
+            await self._ensure_history(run, view, step)
             view.record(step, values)
             point = MetricPoint(run=run.name, step=step, time=when, metrics=values, rank=rank)
             outcomes: list[Outcome] = []
@@ -465,9 +464,8 @@ class PolicyHost:
         only after the decision was applied, with the new values in the view.
         """
         view = self._view(run)
-        if not view.history_loaded:
-            rank, columns, start = batches[0]
-            await self._load_history(run, view, columns.steps[start])
+        _, columns, start = batches[0]
+        await self._ensure_history(run, view, columns.steps[start])
         runners = self.engine.runners_for(run.name)
         progress = _Progress()
         future = self._worker_pool().submit(self._evaluate, runners, view, batches, progress)
@@ -656,13 +654,15 @@ class PolicyHost:
             items.append((_ATTACHED, name, attached))
         self.core.writer.save_states(items)  # committed with the next metrics round
 
-    async def _load_history(self, run: RunState, view: LiveRunView, first_step: int) -> None:
-        """Before a view's first point: the history the run's earlier points left in storage.
+    async def _ensure_history(self, run: RunState, view: LiveRunView, first_step: int) -> None:
+        """Before a view's first point: the history the run's earlier points left in storage (once per view).
 
         Empty for a new run; after a supervisor restart, policies that look back
         (``run.history``) see the same window they would have without it. Points
         from ``first_step`` on are left out: they are on their way through the lane.
         """
+        if view.history_loaded:
+            return
         try:
             stored = await self.core.db.read(
                 Store.recent_history, run.id, before_step=first_step, per_metric=HISTORY_PER_METRIC

@@ -88,6 +88,10 @@ class SupervisorProcess:
     def json(self, *args: str, address: str | None = None) -> object:
         return json.loads(self.cli(*args, "--json", address=address).stdout)
 
+    def run(self, name: str) -> dict:
+        """The run as ``supervisor runs --json`` shows it; empty until a trainer of it connected."""
+        return next((r for r in self.json("runs") if r["run"] == name), {})
+
 
 @pytest.fixture
 def supervisor_factory(tmp_path: Path) -> Iterator[callable]:

@@ -9,12 +9,14 @@ Messages, trainer → sidecar::
     ("init", config)                          first, once: what connect() was given
     ("points", overflow, [Point, ...], flush) a batch in report order; flush: send it now
     ("acks", [(version, step, time), ...], version, values)
+    ("rehello",)                              reconnect: the supervisor adopted older values than these
     ("close", outcome, timeout)
 
 sidecar → trainer (followed by a ring of the bell, a shared byte the training
 thread reads on every report, unless only the stored or dropped counts in a
 status changed: the trainer reads those when it next ships or waits)::
 
+    ("welcome", version)                      a (re)connection, before its deltas (SessionState.resync)
     ("delta", Delta)
     ("status", connected, flush_interval, dropped, points_stored)
     ("closed", flushed, points_received)

@@ -146,7 +146,7 @@ class ProcessTransport:
             self.bell[0] = 0  # before reading: a message sent after this rings again
             self._read()
         blocked = bool(self._out)  # the sidecar has not read what was written before
-        if state.acks:
+        if state.acks or self._rehello:  # a rehello follows the values in use, which "acks" carries
             acks = []
             while state.acks:
                 ack = state.acks.popleft()
@@ -155,8 +155,7 @@ class ProcessTransport:
             self._out += _link.encode(("acks", acks, version, values))
         if self._rehello:
             self._rehello = False
-            version, values = state.snapshot()
-            self._out += _link.encode(("acks", [], version, values)) + _link.encode(("rehello",))
+            self._out += _link.encode(("rehello",))
         if blocked:
             self.due[0] = now + _RETRY_BLOCKED
         elif shipping:

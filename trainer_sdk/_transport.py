@@ -264,8 +264,6 @@ class Transport:
                             log.info("reconnected to the supervisor at %s", self.address)
                         outage_logged = False
                         self.backoff.reset()
-                        if self._rehello:
-                            break
                     elif kind == "delta":
                         self._on_delta(response.delta)
                     elif kind == "metrics_ack":
@@ -356,7 +354,7 @@ class Transport:
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
         if self.state.resync(welcome.version):
-            self._rehello = True  # the connection loop reconnects once this Welcome is handled
+            self.rehello()
         with self._send_lock:
             unacked = self._unacked
             while unacked and unacked[0][0] <= welcome.last_seq:

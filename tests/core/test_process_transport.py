@@ -68,7 +68,7 @@ def test_a_killed_trainer_loses_no_point_it_shipped_and_its_sidecar_exits(tmp_pa
     supervisor = supervisor_factory(tmp_path / "late.db", port=port)
     wait_until(lambda: not _alive(hanging["sidecar_pid"]), timeout=20, message="the sidecar exiting after its trainer")
     assert _stored_steps(supervisor, "killed") == list(range(300))
-    run = next(r for r in supervisor.json("runs") if r["run"] == "killed")
+    run = supervisor.run("killed")
     assert run["connected"] is False and run["outcome"] is None  # lost, not a goodbye
 
 
@@ -116,7 +116,7 @@ def test_close_waits_for_the_sidecars_goodbye_not_for_its_timeout(supervisor, ca
     hp.close(timeout=10.0)
     assert time.monotonic() - started < 5.0  # the sidecar's "closed" answer ends the wait, not the 10 s
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
-    run = next(r for r in supervisor.json("runs") if r["run"] == "closing")
+    run = supervisor.run("closing")
     assert run["outcome"] == "completed" and run["points_received"] == 200
 
 
@@ -136,7 +136,7 @@ def test_a_backlog_larger_than_the_socket_buffer_is_stored_before_close_says_goo
     finally:
         threading.Timer(1.0, os.kill, (sidecar, signal.SIGCONT)).start()
     hp.close(timeout=30.0)  # starts while the socket is still full
-    run = next(r for r in supervisor.json("runs") if r["run"] == "backlog")
+    run = supervisor.run("backlog")
     assert run["outcome"] == "completed" and run["points_received"] == 30_000 and run["points_dropped"] == 0
 
 

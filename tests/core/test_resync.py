@@ -54,11 +54,6 @@ def _restart_on_an_empty_database(supervisor_factory, tmp_path, first, port: int
     return supervisor_factory(tmp_path / "empty.db", port=port)
 
 
-def _run(supervisor, name: str) -> dict:
-    """The run as ``supervisor runs`` shows it; empty until its trainer connected."""
-    return next((r for r in supervisor.json("runs") if r["run"] == name), {})
-
-
 @pytest.mark.parametrize("transport", ["thread", "process"])
 def test_a_held_change_from_a_lost_supervisor_gives_way_to_the_new_supervisors_changes(
     tmp_path, supervisor_factory, transport
@@ -75,7 +70,7 @@ def test_a_held_change_from_a_lost_supervisor_gives_way_to_the_new_supervisors_c
         first.cli("set", f"held-{transport}", "wd=0.5", "--at-step", "1000")  # version 1, held until step 1000
         wait_until(lambda: (hp.report(1, loss=1.0), hp._state.pending)[1], timeout=15, message="the held change")
         second = _restart_on_an_empty_database(supervisor_factory, tmp_path, first, port)
-        wait_until(lambda: _run(second, f"held-{transport}").get("connected"), timeout=30, message="the reconnect")
+        wait_until(lambda: second.run(f"held-{transport}").get("connected"), timeout=30, message="the reconnect")
         second.cli("set", f"held-{transport}", "lr=0.05")  # the new supervisor's version 1
         deadline = time.monotonic() + 15
         while hp["lr"] != 0.05:
@@ -108,8 +103,8 @@ def test_a_forwarded_change_from_a_lost_supervisor_is_adopted_not_hidden(tmp_pat
         # Forwarded by the sidecar, not applied: this loop has not reported or read its status since.
         wait_until(lambda: bell[0], timeout=15, message="the sidecar forwarding the change")
         second = _restart_on_an_empty_database(supervisor_factory, tmp_path, first, port)
-        wait_until(lambda: _run(second, "forwarded").get("connected"), timeout=30, message="the reconnect")
-        assert _run(second, "forwarded")["version"] == 0  # adopted what the sidecar said the loop holds
+        wait_until(lambda: second.run("forwarded").get("connected"), timeout=30, message="the reconnect")
+        assert second.run("forwarded")["version"] == 0  # adopted what the sidecar said the loop holds
         second.cli("set", "forwarded", "lr=0.05")
         deadline = time.monotonic() + 15
         while hp["lr"] != 0.05:
@@ -117,7 +112,7 @@ def test_a_forwarded_change_from_a_lost_supervisor_is_adopted_not_hidden(tmp_pat
             hp.report(0, loss=1.0)
             time.sleep(0.01)
         assert hp["wd"] == 0.5  # the lost supervisor's change was applied before the Welcome was read
-        wait_until(lambda: (hp.report(1, loss=1.0), _run(second, "forwarded")["params"].get("wd"))[1] == 0.5,
+        wait_until(lambda: (hp.report(1, loss=1.0), second.run("forwarded")["params"].get("wd"))[1] == 0.5,
                    timeout=15, message="the supervisor adopting the values in use")
     finally:
         hp.close()
