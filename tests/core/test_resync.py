@@ -116,3 +116,35 @@ def test_a_forwarded_change_from_a_lost_supervisor_is_adopted_not_hidden(tmp_pat
                    timeout=15, message="the supervisor adopting the values in use")
     finally:
         hp.close()
+
+
+@pytest.mark.parametrize("transport", ["thread", "process"])
+def test_rehello_reconnects_at_once_and_is_not_reported_as_an_outage(supervisor, caplog, transport):
+    """The reconnect a stale Welcome asks for: quiet, immediate, and the session goes on."""
+    from trainer_sdk import connect
+
+    hp = connect(f"rehello-{transport}", {"lr": 0.1}, address=supervisor.address, telemetry=False,
+                 transport=transport)
+    try:
+        assert hp.wait_connected(30)
+        hp.report(0, loss=1.0)
+        assert hp.flush(30)
+        if transport == "thread":
+            hp._transport.rehello()
+        else:  # what the trainer sends after a stale Welcome's acks
+            with hp._transport._lock:
+                hp._transport._rehello = True
+                hp._transport._service()
+        connects = f"trainer connected: run=rehello-{transport} "
+        wait_until(lambda: supervisor.log.read_text().count(connects) == 2, timeout=15, message="the reconnect")
+        hp.report(1, loss=2.0)
+        assert hp.flush(30)  # stored through the new stream
+        supervisor.cli("set", f"rehello-{transport}", "lr=0.05")
+        deadline = time.monotonic() + 15
+        while hp["lr"] != 0.05:
+            assert time.monotonic() < deadline, "no change after the reconnect"
+            hp.report(2, loss=1.0)
+            time.sleep(0.01)
+        assert "unreachable" not in caplog.text, caplog.text
+    finally:
+        hp.close()
