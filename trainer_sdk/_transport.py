@@ -86,6 +86,7 @@ class Transport:
         self._sent_seq = 0
         self._metrics_queued = False  # a _METRICS token waits in the outbox
         self._dropped = 0
+        self._in_doubt: deque[int] = deque()  # seqs trimmed from the buffer while in flight (see _drain)
         self._draining = False
         self._converter = PointConverter(state)
         self._goodbye: pb.Goodbye | None = None
@@ -196,8 +197,11 @@ class Transport:
             with self._send_lock:
                 unacked.extend(converted)
                 while len(unacked) > capacity:
-                    unacked.popleft()
-                    self._dropped += 1
+                    seq = unacked.popleft()[0]
+                    if seq <= self._sent_seq:  # sent, not acknowledged: probably stored, known at the next ack
+                        self._in_doubt.append(seq)
+                    else:
+                        self._dropped += 1
         finally:
             self._draining = False
 
@@ -359,6 +363,9 @@ class Transport:
             unacked = self._unacked
             while unacked and unacked[0][0] <= welcome.last_seq:
                 unacked.popleft()
+            self._settle(welcome.last_seq)
+            self._dropped += len(self._in_doubt)  # the supervisor never stored them, and they are gone here
+            self._in_doubt.clear()
             self._sent_seq = welcome.last_seq  # resend everything after it
             self._outbox = outbox
             self._metrics_queued = False  # the old outbox, and any token in it, is gone
@@ -392,6 +399,13 @@ class Transport:
             unacked = self._unacked
             while unacked and unacked[0][0] <= seq:
                 unacked.popleft()
+            self._settle(seq)
+
+    def _settle(self, stored_seq: int) -> None:
+        """Points trimmed in flight that the supervisor acknowledges were stored: not dropped after all."""
+        in_doubt = self._in_doubt
+        while in_doubt and in_doubt[0] <= stored_seq:
+            in_doubt.popleft()
 
     def _disconnect(self, outbox: queue.SimpleQueue[Any]) -> None:
         with self._send_lock:
@@ -420,6 +434,9 @@ class Transport:
         if call is not None:
             call.cancel()
         self._pump.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+        with self._send_lock:
+            self._dropped += len(self._in_doubt)  # never confirmed stored
+            self._in_doubt.clear()
         return flushed
 
 

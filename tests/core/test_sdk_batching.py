@@ -8,6 +8,7 @@ import time
 from trainer_sdk import Float
 from trainer_sdk._state import ConnectOptions, SessionState
 from trainer_sdk._transport import _METRICS, Transport
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
 
 def _transport(buffer_size: int = 5000) -> Transport:
@@ -70,3 +71,29 @@ def test_tensors_are_converted_together_whatever_their_dtype_and_shape() -> None
     }
     assert math.isnan(first["bad"]) and "many" not in first  # several elements: not a number, dropped
     assert second == {"loss": 0.25} and all(type(v) is float for v in (*first.values(), *second.values()))
+
+
+def _report(transport: Transport, *steps: int) -> None:
+    for step in steps:
+        transport.state.queue.append((step, time.time(), {"loss": float(step)}))
+    transport._drain()
+    transport._send()
+
+
+def test_points_trimmed_in_flight_count_as_dropped_only_if_the_supervisor_did_not_store_them() -> None:
+    transport = _transport(buffer_size=3)
+    _report(transport, 1, 2, 3)
+    transport._unsent_batches(transport._outbox)  # seqs 1-3 are on the wire
+    _report(transport, 4, 5)  # the buffer keeps 3: seqs 1 and 2 leave it before their ack
+    assert [p[0] for p in transport._unacked] == [3, 4, 5] and transport.dropped == 0
+    transport._on_metrics_ack(3)  # stored after all: nothing was dropped
+    assert transport.dropped == 0 and [p[0] for p in transport._unacked] == [4, 5]
+
+    _report(transport, 6, 7, 8)  # seqs 4 and 5 were never sent: dropped at once
+    assert transport.dropped == 2 and [p[0] for p in transport._unacked] == [6, 7, 8]
+
+    transport._unsent_batches(transport._outbox)  # 6-8 in flight, then the connection breaks
+    _report(transport, 9, 10)  # 6 and 7 trimmed in flight
+    transport._on_welcome(pb.Welcome(version=0, last_seq=6), queue.SimpleQueue())
+    assert transport.dropped == 3  # the new connection says 6 was stored and 7 was not
+    assert [p[0] for p in transport._unacked] == [8, 9, 10]
