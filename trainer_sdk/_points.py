@@ -1,7 +1,8 @@
 """Reported metric points to plain floats: the one conversion both transports run.
 
-The thread transport runs it on its pump thread; the process transport on the
-training thread, once per shipment.
+``report`` converts CPU tensors at once (:func:`cpu_tensors_to_floats`); the
+rest is converted per batch: by the thread transport on its pump thread, by
+the process transport on the training thread, once per shipment.
 """
 
 from __future__ import annotations
@@ -16,6 +17,30 @@ log = logging.getLogger("trainer_sdk")
 
 Point = tuple[int, float, dict[str, float]]
 """(step, time, {name: value}) with every value a float."""
+
+
+def cpu_tensors_to_floats(metrics: dict[str, Any]) -> None:
+    """Replace one-element CPU tensors in a report's own ``metrics`` dict by their values, in place.
+
+    Called by ``report`` when a value is not a float. On the CPU ``.item()``
+    waits for nothing and costs about 0.2 µs while the tensor is still in
+    cache; converting the same tensors later, in a batch, cost the process
+    transport's training thread about 3 µs each (measured in the digits loop:
+    the tensors had left the cache by the time points shipped). CUDA tensors
+    stay tensors: converting them here would wait for the device at every
+    step, so they are converted together, once per batch. Never raises: what
+    does not convert here is left for :class:`PointConverter`.
+    """
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    tensor_type = torch.Tensor
+    for name, value in metrics.items():
+        if isinstance(value, tensor_type) and value.is_cpu:
+            try:
+                metrics[name] = value.item()  # same keys: no resize, safe while iterating
+            except Exception:  # several elements, or anything else: the batch conversion warns about it
+                pass
 
 
 class PointConverter:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from trainer_sdk._params import Param, ParamValue, as_param
+from trainer_sdk._points import cpu_tensors_to_floats
 from trainer_sdk._state import ChangeEvent, ConnectOptions, SessionState
 
 log = logging.getLogger("trainer_sdk")
@@ -81,9 +82,10 @@ class Session:
     def report(self, step: int, /, **metrics: Any) -> None:  # replaced per session by a closure
         """Queue one metric point; never blocks and never raises for a bad value.
 
-        Values may be Python numbers or 0-d tensors: tensors are converted to
-        float on the session's own thread, so the training thread does not wait
-        for the device. When the bounded buffer is full the oldest point is
+        Values may be Python numbers or one-element tensors: a CPU tensor is
+        read at once (it waits for nothing), a CUDA tensor later with the rest
+        of its batch, so the training thread does not wait for the device at
+        every step. When the bounded buffer is full the oldest point is
         dropped and counted (``dropped``).
         """
         raise NotImplementedError
@@ -222,6 +224,10 @@ def _make_report(state: SessionState) -> Callable[..., None]:
     now = time.time
 
     def report(step: int, /, **metrics: Any) -> None:
+        for value in metrics.values():
+            if type(value) is not float:
+                cpu_tensors_to_floats(metrics)
+                break
         if len(q) >= capacity:
             state.overflow += 1
         append((step, now(), metrics))
@@ -251,6 +257,10 @@ def _make_process_report(state: SessionState, transport: Any) -> Callable[..., N
     ship_at = min(capacity, transport.ship_at_points)
 
     def report(step: int, /, **metrics: Any) -> None:
+        for value in metrics.values():
+            if type(value) is not float:
+                cpu_tensors_to_floats(metrics)
+                break
         n = len(q)
         if n >= capacity:
             state.overflow += 1

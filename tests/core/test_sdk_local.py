@@ -108,12 +108,17 @@ def test_sdk_imports_neither_torch_nor_supervisor_nor_policies():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_report_holds_tensors_without_converting_them_on_the_caller():
+def test_report_reads_cpu_tensors_at_once_and_holds_the_others_for_the_batch():
     torch = pytest.importorskip("torch")
-    hp = connect(run="tensors", params={}, address="127.0.0.1:1", telemetry=False, buffer_size=10)
-    loss = torch.tensor(0.25)
-    hp.report(0, loss=loss)
-    item = hp._state.queue[-1] if hp._state.queue else None
-    # Either still queued as the tensor itself, or already converted by the pump thread.
-    assert item is None or item[2]["loss"] is loss
-    hp.close(timeout=0.1)
+    from trainer_sdk._session import _make_report
+    from trainer_sdk._state import SessionState
+
+    state = SessionState(run="tensors", rank=0, world_size=1, params={}, values={}, buffer_size=10)
+    report = _make_report(state)  # the thread transport's; the process transport's converts the same way
+    on_device = torch.tensor(0.5, device="meta")  # as a CUDA tensor: reading it now would wait for the device
+    several = torch.tensor([1.0, 2.0])
+    report(0, loss=torch.tensor(0.25), steps=torch.tensor(3), on_device=on_device, several=several, plain=1.5)
+    ((_, _, metrics),) = state.queue
+    assert metrics["loss"] == 0.25 and type(metrics["loss"]) is float
+    assert metrics["steps"] == 3 and metrics["plain"] == 1.5
+    assert metrics["on_device"] is on_device and metrics["several"] is several  # the batch conversion's to judge
