@@ -63,10 +63,9 @@ class ProcessTransport:
         self.due = [0.0]  # time.time() at which report() next ships points; a list so report's closure reads it
         self._flush_interval = options.flush_interval
         self._connected = False
-        self._remote_dropped = 0
         self._points_shipped = 0  # written to the sidecar (or waiting in _out)
-        self._points_stored = 0  # of those, what the sidecar last said the supervisor has stored
         self._flush_wanted = False
+        self._tell_stored = False  # a flush waits: the sidecar should say when everything is stored
         self._closed: bool | None = None  # the sidecar's answer to "close": everything stored
         self._dead = False
         self._rehello = False  # the sidecar should reconnect with the values in use (SessionState.resync)
@@ -147,7 +146,7 @@ class ProcessTransport:
         now = time.time()
         state = self.state
         shipping = self._flush_wanted or now >= self.due[0] or len(state.queue) >= self.ship_at_points
-        if self.bell[0] or shipping:  # status messages that did not ring are read with each shipment
+        if self.bell[0]:
             self.bell[0] = 0  # before reading: a message sent after this rings again
             self._read()
         blocked = bool(self._out)  # the sidecar has not read what was written before
@@ -166,14 +165,16 @@ class ProcessTransport:
         elif shipping:
             try:
                 points = self._converter.drain(state.queue, limit=self.ship_at_points)
-                message = _link.encode(("points", state.overflow, points, self._flush_wanted))
+                ship = _link.SHIP_AND_TELL if self._tell_stored else _link.SHIP_NOW if self._flush_wanted else \
+                    _link.SHIP_IN_TIME
+                message = _link.encode(("points", state.overflow, points, ship))
             except Exception:  # never into the training loop; the converter drops bad values itself
                 log.exception("trainer_sdk could not ship a batch of points; continuing")
                 points, message = [], b""
             if message:
                 self._out += message
                 self._points_shipped += len(points)
-            self._flush_wanted = False
+            self._flush_wanted = self._tell_stored = False
             # The rest of a long backlog goes at the next report, one bounded message at a time.
             self.due[0] = now if state.queue else now + self.flush_interval
         self._write()
@@ -219,10 +220,11 @@ class ProcessTransport:
             if self.state.resync(message[1]):
                 self._rehello = True  # asked for after this service's acks, which carry the values in use
         elif kind == "status":
-            _, self._connected, self._flush_interval, self._remote_dropped, self._points_stored = message
+            _, self._connected, self._flush_interval = message
         elif kind == "closed":
             _, flushed, received = message
             self._closed = flushed and received == self._points_shipped
+        # "stored" needs nothing: it only woke a waiting flush, which reads the count itself
 
     def _lost(self, exc: BaseException | None) -> None:
         if self._dead:
@@ -277,21 +279,22 @@ class ProcessTransport:
             not self.state.queue
             and not self._out
             and not self._flush_wanted
-            and self._points_stored >= self._points_shipped
+            and _link.read_count(self.bell, _link.STORED) >= self._points_shipped
         )
 
     def flush(self, timeout: float | None) -> bool:
         if timeout is not None and timeout <= 0:
             self.service(ship=True)
             return self.flushed()
+        self._tell_stored = True  # wakes this wait when the supervisor has stored everything
         return self._wait(self.flushed, timeout, ship=True)
 
     def unstored(self) -> int:
-        return len(self.state.queue) + self._points_shipped - self._points_stored
+        return len(self.state.queue) + self._points_shipped - _link.read_count(self.bell, _link.STORED)
 
     @property
     def dropped(self) -> int:
-        return self.state.overflow + self._remote_dropped
+        return self.state.overflow + _link.read_count(self.bell, _link.DROPPED)
 
     @property
     def flush_interval(self) -> float:

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from trainer_sdk._link import BELL_SIZE, BlockingLink
+from trainer_sdk._link import BELL_SIZE, SHIP_AND_TELL, SHIP_IN_TIME, BlockingLink
 from trainer_sdk._state import Ack, ConnectOptions, Delta, SessionState
 from trainer_sdk._transport import Transport
 
@@ -59,24 +59,29 @@ class SidecarTransport(Transport):
         self.relay_overflow = 0  # points this process dropped because its own queue was full
         self.relay_lock = threading.Lock()
         self._last_status: tuple[Any, ...] = ()
+        self._stored = 0  # points received that the supervisor has stored, as last published
+        self._tell_stored = False
 
-    def push_status(self) -> None:
-        """Tell the trainer what changed; under the lock, so two threads' statuses cannot cross."""
+    def push_status(self, tell_stored: bool = False) -> None:
+        """Publish the counts, and tell the trainer what it reads between shipments or waits for.
+
+        Under the lock, so two threads' statuses cannot cross. ``tell_stored``:
+        a flush waits; say "stored" once every point received is stored.
+        """
         with self.relay_lock:
-            if self.flushed():
-                stored = self.points_received
-            else:
-                stored = self._last_status[4] if self._last_status else 0
-            status = ("status", self.connected.is_set(), self.flush_interval, self._dropped + self.relay_overflow,
-                      stored)
-            if status == self._last_status:
-                return
-            # Wake the training thread only for what it reads between shipments (hp.connected,
-            # the pacing); the stored counts matter only to a flush() that waits, and it reads.
-            ring = status[1:3] != self._last_status[1:3]
-            self._last_status = status
+            self._tell_stored |= tell_stored
+            flushed = self.flushed()
+            if flushed:
+                self._stored = self.points_received
+            self.link.write_counts(self._dropped + self.relay_overflow, self._stored)
+            status = ("status", self.connected.is_set(), self.flush_interval)
             try:
-                self.link.send(status, ring=ring)
+                if status != self._last_status:
+                    self._last_status = status
+                    self.link.send(status)
+                if self._tell_stored and flushed:
+                    self._tell_stored = False
+                    self.link.send(("stored",), ring=False)  # the waiting flush reads it; the loop need not
             except OSError:  # the trainer is gone; the relay loop sees it too
                 pass
 
@@ -116,7 +121,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
             return
         kind = message[0]
         if kind == "points":
-            _, overflow, points, flush = message
+            _, overflow, points, ship = message
             with transport.relay_lock:
                 room = state.buffer_size - len(state.queue)
                 if len(points) > room:
@@ -126,11 +131,11 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 transport.points_received += len(points)
                 if points:
                     state.last_step = points[-1][0]
-            if flush:
+            if ship != SHIP_IN_TIME:
                 transport.request_flush()
             elif state.pump_idle:
                 state.poke()
-            transport.push_status()
+            transport.push_status(tell_stored=ship == SHIP_AND_TELL)
         elif kind == "acks":
             _, acks, version, values = message
             with state.apply_lock:
