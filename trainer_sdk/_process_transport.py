@@ -165,8 +165,10 @@ class ProcessTransport:
         elif shipping:
             try:
                 points = self._converter.drain(state.queue, limit=self.ship_at_points)
-                ship = _link.SHIP_AND_TELL if self._tell_stored else _link.SHIP_NOW if self._flush_wanted else \
-                    _link.SHIP_IN_TIME
+                if self._tell_stored:
+                    ship = _link.SHIP_AND_TELL
+                else:
+                    ship = _link.SHIP_NOW if self._flush_wanted else _link.SHIP_IN_TIME
                 message = _link.encode(("points", state.overflow, points, ship))
             except Exception:  # never into the training loop; the converter drops bad values itself
                 log.exception("trainer_sdk could not ship a batch of points; continuing")
