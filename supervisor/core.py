@@ -274,6 +274,8 @@ class Supervisor:
         streams = run.streams.get(stream.rank)
         if streams is not None:
             streams.discard(stream)
+            if not streams:
+                run.release_latest(stream.rank)
         if not run.connected:
             run.disconnected_at = time.time()
             if self.policies is not None:
@@ -329,7 +331,7 @@ class Supervisor:
             return
         stream.last_seq = columns.last_seq
         run.dropped_by_session[stream.session_key] = batch.dropped_total
-        run.latest.update(columns.latest())
+        run.note_latest(stream.rank, columns.latest())
         non_finite = 0
         if not math.isfinite(sum(columns.values)):  # one C loop; count only when something is off
             non_finite = sum(1 for value in columns.values if not math.isfinite(value))

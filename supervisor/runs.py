@@ -10,6 +10,7 @@ import asyncio
 import fnmatch
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,8 @@ class RunState:
     last_seen: float = 0.0
     points: int = 0
     dropped_by_session: dict[int, int] = field(default_factory=dict)
-    latest: dict[str, float] = field(default_factory=dict)
+    latest: dict[str, float] = field(default_factory=dict)  # see note_latest
+    latest_rank: dict[str, int] = field(default_factory=dict)  # the rank each latest value came from
     streams: dict[int, set[TrainerStream]] = field(default_factory=dict)
     acked: dict[int, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -92,6 +94,28 @@ class RunState:
     @property
     def dropped(self) -> int:
         return sum(self.dropped_by_session.values())
+
+    def note_latest(self, rank: int, values: Mapping[str, float]) -> None:
+        """Keep each metric's latest value from the lowest rank that reports it (rank 0, as a rule).
+
+        Ranks report different values under one name (each its own shard's loss, its own
+        host's ``gpu0_util``): taking whichever arrived last made the run's latest values, its
+        Prometheus gauges and ``top`` flip from rank to rank.
+        """
+        if self.world_size == 1:
+            self.latest.update(values)
+            return
+        owner = self.latest_rank
+        latest = self.latest
+        for name, value in values.items():
+            if owner.get(name, rank) >= rank:
+                owner[name] = rank
+                latest[name] = value
+
+    def release_latest(self, rank: int) -> None:
+        """``rank`` has no stream left: whichever rank reports its metrics next may take them over."""
+        for name in [name for name, owner in self.latest_rank.items() if owner == rank]:
+            del self.latest_rank[name]
 
     def acked_version(self) -> int:
         """Highest version every connected rank has applied (of all ranks, when none is connected)."""

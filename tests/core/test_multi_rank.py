@@ -116,3 +116,28 @@ def test_policies_count_rank_zero_only_by_default(tmp_path, supervisor_factory):
     assert [e["step"] for e in decays] == [3]
     for hp in ranks:
         hp.close()
+
+
+def test_latest_metrics_come_from_the_lowest_rank_that_reports_them(supervisor):
+    ranks = [
+        connect(run="shards", params={"lr": 0.1}, address=supervisor.address, rank=r, world_size=2, telemetry=False)
+        for r in range(2)
+    ]
+    assert all(hp.wait_connected(10) for hp in ranks)
+    zero, one = ranks
+
+    def latest() -> dict:
+        return supervisor.run("shards")["latest_metrics"]
+
+    zero.report(0, loss=1.0)
+    assert zero.flush(10)
+    one.report(0, loss=2.0, only_one=7.0)  # arrives last: before, the run's loss became rank 1's
+    assert one.flush(10)
+    assert latest() == {"loss": 1.0, "only_one": 7.0}
+
+    zero.close()  # rank 0 has no connection left: rank 1's next report takes its metrics over
+    wait_until(lambda: supervisor.run("shards")["connected_ranks"] == 1, message="rank 0 gone")
+    one.report(1, loss=3.0)
+    assert one.flush(10)
+    assert latest() == {"loss": 3.0, "only_one": 7.0}
+    one.close()
