@@ -148,6 +148,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
         elif kind == "close":
             _, outcome, timeout = message
             flushed = transport.close(outcome, timeout)
+            transport.push_status()  # the final dropped count (close() counts points never confirmed stored)
             try:
                 link.send(("closed", flushed, transport.points_received))
             except OSError:
