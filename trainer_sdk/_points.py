@@ -28,15 +28,18 @@ def cpu_tensors_to_floats(metrics: dict[str, Any]) -> None:
     transport's training thread about 3 µs each (measured in the digits loop:
     the tensors had left the cache by the time points shipped). CUDA tensors
     stay tensors: converting them here would wait for the device at every
-    step, so they are converted together, once per batch. Never raises: what
+    step, so they are converted together, once per batch. So are pinned CPU
+    tensors once CUDA is in use: ``.to("cpu", non_blocking=True)`` returns one
+    whose copy from the device may not have landed yet. Never raises: what
     does not convert here is left for :class:`PointConverter`.
     """
     torch = sys.modules.get("torch")
     if torch is None:
         return
     tensor_type = torch.Tensor
+    cuda_in_use = torch.cuda.is_initialized()
     for name, value in metrics.items():
-        if isinstance(value, tensor_type) and value.is_cpu:
+        if isinstance(value, tensor_type) and value.is_cpu and not (cuda_in_use and value.is_pinned()):
             try:
                 metrics[name] = value.item()  # same keys: no resize, safe while iterating
             except Exception:  # several elements, or anything else: the batch conversion warns about it
@@ -113,12 +116,18 @@ class PointConverter:
         Every torch call releases and retakes the GIL; one per tensor, on the
         pump thread, made the training thread wait for the GIL after its own
         torch calls hundreds of times a second. A CUDA tensor syncs here, once
-        per device and drain.
+        per device and drain; so does a pinned CPU tensor, whose non-blocking
+        copy from a device may still be in flight.
         """
         by_device: dict[Any, list[tuple[dict[str, float], str, Any]]] = {}
         for item in tensors:
             by_device.setdefault(item[2].device, []).append(item)
-        for items in by_device.values():
+        for device, items in by_device.items():
+            try:
+                if device.type == "cpu" and torch.cuda.is_initialized() and any(t.is_pinned() for _, _, t in items):
+                    torch.cuda.synchronize()  # every stream: the copy may be on any of them
+            except RuntimeError:  # CUDA unusable (a forked child, say): nothing of ours can be in flight
+                pass
             try:
                 numbers = torch.stack([t for _, _, t in items]).double().tolist()
             except (RuntimeError, TypeError, ValueError):  # shapes that do not stack: one at a time

@@ -71,3 +71,21 @@ def test_grad_norm_stays_on_the_device() -> None:
             p.grad = p.grad.cuda()
     norm = grad_norm(model.parameters())
     assert norm.device.type == "cuda" and norm.dim() == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_report_holds_a_non_blocking_copy_from_the_gpu_until_its_batch_syncs() -> None:
+    from trainer_sdk._points import PointConverter
+    from trainer_sdk._session import _make_report
+    from trainer_sdk._state import SessionState
+
+    state = SessionState(run="pinned", rank=0, world_size=1, params={}, values={}, buffer_size=10)
+    report = _make_report(state)
+    big = torch.randn(4096, 4096, device="cuda")
+    on_device = (big @ big).square().mean()  # queued work: the copy below lands after it
+    copy = on_device.to("cpu", non_blocking=True)  # pinned, maybe not written yet
+    report(0, loss=copy)
+    ((_, _, metrics),) = state.queue
+    assert metrics["loss"] is copy  # not read at once: it may not have landed
+    ((_, _, values),) = PointConverter(state).drain(state.queue)
+    assert values["loss"] == pytest.approx(on_device.item())
