@@ -163,9 +163,10 @@ class ProcessTransport:
         if blocked:
             self.due[0] = now + _RETRY_BLOCKED
         elif shipping:
+            tell = self._tell_stored  # a flush on another thread may set it at any moment: clear only what is sent
             try:
                 points = self._converter.drain(state.queue, limit=self.ship_at_points)
-                if self._tell_stored:
+                if tell:
                     ship = _link.SHIP_AND_TELL
                 else:
                     ship = _link.SHIP_NOW if self._flush_wanted else _link.SHIP_IN_TIME
@@ -176,7 +177,9 @@ class ProcessTransport:
             if message:
                 self._out += message
                 self._points_shipped += len(points)
-            self._flush_wanted = self._tell_stored = False
+            self._flush_wanted = False
+            if tell:
+                self._tell_stored = False
             # The rest of a long backlog goes at the next report, one bounded message at a time.
             self.due[0] = now if state.queue else now + self.flush_interval
         self._write()

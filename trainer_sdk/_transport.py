@@ -88,6 +88,7 @@ class Transport:
         self._dropped = 0
         self._in_doubt: deque[int] = deque()  # seqs trimmed from the buffer while in flight (see _drain)
         self._draining = False
+        self._drains = 0  # drains finished (flushed() checks that none ran while it looked)
         self._converter = PointConverter(state)
         self._goodbye: pb.Goodbye | None = None
         self._flush_now = False
@@ -112,11 +113,14 @@ class Transport:
 
     def flushed(self) -> bool:
         """True when every point reported so far is stored by the supervisor."""
-        return not self.state.queue and not self._unacked and not self._draining
+        drains = self._drains  # a whole drain between the reads below would hide its points
+        if self._draining or self.state.queue or self._unacked:
+            return False
+        return not self._draining and self._drains == drains
 
     def unstored(self) -> int:
-        """Points reported but not yet stored by the supervisor."""
-        return len(self.state.queue) + len(self._unacked)
+        """Points reported but not yet stored by the supervisor (as far as this process knows)."""
+        return len(self.state.queue) + len(self._unacked) + len(self._in_doubt)
 
     def rehello(self) -> None:
         """Reconnect at once, so the supervisor gets a Hello with the values this process uses now."""
@@ -203,6 +207,7 @@ class Transport:
                     else:
                         self._dropped += 1
         finally:
+            self._drains += 1
             self._draining = False
 
     def _send(self) -> None:

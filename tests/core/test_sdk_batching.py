@@ -86,6 +86,7 @@ def test_points_trimmed_in_flight_count_as_dropped_only_if_the_supervisor_did_no
     transport._unsent_batches(transport._outbox)  # seqs 1-3 are on the wire
     _report(transport, 4, 5)  # the buffer keeps 3: seqs 1 and 2 leave it before their ack
     assert [p[0] for p in transport._unacked] == [3, 4, 5] and transport.dropped == 0
+    assert transport.unstored() == 5  # the two in flight count as not stored until their ack says
     transport._on_metrics_ack(3)  # stored after all: nothing was dropped
     assert transport.dropped == 0 and [p[0] for p in transport._unacked] == [4, 5]
 
