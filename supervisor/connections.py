@@ -69,6 +69,8 @@ class IngestWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._states: dict[tuple[str, str], Any] = {}
+        self._committing: list[IngestItem] = []
+        self._committed = asyncio.Condition()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="ingest-writer")
@@ -80,6 +82,23 @@ class IngestWriter:
         if self._pending_values > self._max_pending:
             self._room.clear()
             await self._room.wait()
+
+    async def settled(self, session_id: str) -> None:
+        """Return once no batch of trainer session ``session_id`` waits to be stored.
+
+        A trainer that reconnects at once (after a cancelled call, say) can
+        find its previous stream's last batches still queued here; its Welcome
+        must count them as stored, or it would count points it trimmed in
+        flight as dropped, and resend the rest.
+        """
+
+        def waiting() -> bool:
+            return any(i.stream.session_id == session_id for i in (*self._pending, *self._committing))
+
+        if not waiting():
+            return
+        async with self._committed:
+            await self._committed.wait_for(lambda: not waiting())
 
     def save_states(self, items: list[tuple[str, str, Any]]) -> None:
         """Persist policy state with the next commit (later saves of one key replace earlier ones)."""
@@ -96,11 +115,17 @@ class IngestWriter:
             self._room.set()
             if not items and not states:
                 continue
-            await self._db.write(
-                Store.insert_metrics,
-                [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
-                [(policy, scope, state) for (policy, scope), state in states.items()],
-            )
+            self._committing = items
+            try:
+                await self._db.write(
+                    Store.insert_metrics,
+                    [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
+                    [(policy, scope, state) for (policy, scope), state in states.items()],
+                )
+            finally:
+                self._committing = []
+                async with self._committed:
+                    self._committed.notify_all()
             if items:
                 result: Any = self._on_stored(items)
                 if asyncio.iscoroutine(result):

@@ -148,6 +148,7 @@ class Supervisor:
                     changes={n: (None, v) for n, v in values.items()},
                     now=now,
                 )
+        await self.writer.settled(hello.session_id)  # a reconnect's last_seq counts its previous stream's batches
         async with run.lock:
             if run is not None and not adopted:
                 adopted = await self._reconcile(run, hello, params, values, now)

@@ -332,3 +332,29 @@ def test_a_schema_2_database_gets_its_progress_table(tmp_path: Path) -> None:
     assert _progress(migrated) == before
     (version,) = migrated._conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
     assert version == str(SCHEMA_VERSION) == "3"
+
+
+def test_a_reconnecting_session_finds_its_previous_streams_batches_stored(tmp_path: Path) -> None:
+    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
+    from supervisor.storage import Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "d.db")
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
+        stored: list[IngestItem] = []
+        writer = IngestWriter(db, stored.extend)
+        writer.start()
+        old_stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
+        batch = _columns([(1, 0, {"loss": 1.0}), (2, 1, {"loss": 0.5})])
+        await writer.submit(IngestItem(run_id, "r", old_stream, 0, batch))
+        await writer.settled("another")  # nothing of it waits: returns before the writer even ran
+        assert stored == []
+        await writer.settled("s")  # the old stream's batch is committed before the new stream's Welcome
+        assert len(stored) == 1
+        _, last_seq, known = await db.write(Store.open_session, run_id, 0, "s")
+        assert (last_seq, known) == (2, True)
+        await writer.stop()
+        db.close()
+
+    asyncio.run(main())
