@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ class IngestWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._states: dict[tuple[str, str], Any] = {}
-        self._committing: list[IngestItem] = []
+        self._uncommitted: Counter[str] = Counter()  # per trainer session id: batches submitted, not committed
         self._committed = asyncio.Condition()
 
     def start(self) -> None:
@@ -77,6 +78,7 @@ class IngestWriter:
 
     async def submit(self, item: IngestItem) -> None:
         self._pending.append(item)
+        self._uncommitted[item.stream.session_id] += 1
         self._pending_values += len(item.columns.values)
         self._wakeup.set()
         if self._pending_values > self._max_pending:
@@ -91,14 +93,10 @@ class IngestWriter:
         must count them as stored, or it would count points it trimmed in
         flight as dropped, and resend the rest.
         """
-
-        def waiting() -> bool:
-            return any(i.stream.session_id == session_id for i in (*self._pending, *self._committing))
-
-        if not waiting():
+        if not self._uncommitted[session_id]:
             return
         async with self._committed:
-            await self._committed.wait_for(lambda: not waiting())
+            await self._committed.wait_for(lambda: not self._uncommitted[session_id])
 
     def save_states(self, items: list[tuple[str, str, Any]]) -> None:
         """Persist policy state with the next commit (later saves of one key replace earlier ones)."""
@@ -115,7 +113,6 @@ class IngestWriter:
             self._room.set()
             if not items and not states:
                 continue
-            self._committing = items
             try:
                 await self._db.write(
                     Store.insert_metrics,
@@ -123,7 +120,8 @@ class IngestWriter:
                     [(policy, scope, state) for (policy, scope), state in states.items()],
                 )
             finally:
-                self._committing = []
+                self._uncommitted.subtract(i.stream.session_id for i in items)
+                self._uncommitted += Counter()  # drops the sessions at zero: the counter stays as small as the queue
                 async with self._committed:
                     self._committed.notify_all()
             if items:

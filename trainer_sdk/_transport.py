@@ -365,12 +365,8 @@ class Transport:
         if self.state.resync(welcome.version):
             self.rehello()
         with self._send_lock:
-            unacked = self._unacked
-            while unacked and unacked[0][0] <= welcome.last_seq:
-                unacked.popleft()
-            self._settle(welcome.last_seq)
-            self._dropped += len(self._in_doubt)  # the supervisor never stored them, and they are gone here
-            self._in_doubt.clear()
+            self._stored_up_to(welcome.last_seq)
+            self._drop_in_doubt()  # the supervisor never stored them, and they are gone here
             self._sent_seq = welcome.last_seq  # resend everything after it
             self._outbox = outbox
             self._metrics_queued = False  # the old outbox, and any token in it, is gone
@@ -401,16 +397,21 @@ class Transport:
 
     def _on_metrics_ack(self, seq: int) -> None:
         with self._send_lock:
-            unacked = self._unacked
-            while unacked and unacked[0][0] <= seq:
-                unacked.popleft()
-            self._settle(seq)
+            self._stored_up_to(seq)
 
-    def _settle(self, stored_seq: int) -> None:
-        """Points trimmed in flight that the supervisor acknowledges were stored: not dropped after all."""
+    def _stored_up_to(self, seq: int) -> None:
+        """The supervisor stored every point up to ``seq``: off the buffer, and out of doubt if trimmed in flight."""
+        unacked = self._unacked
+        while unacked and unacked[0][0] <= seq:
+            unacked.popleft()
         in_doubt = self._in_doubt
-        while in_doubt and in_doubt[0] <= stored_seq:
+        while in_doubt and in_doubt[0] <= seq:
             in_doubt.popleft()
+
+    def _drop_in_doubt(self) -> None:
+        """Points trimmed in flight that no acknowledgement will settle now: count them as dropped."""
+        self._dropped += len(self._in_doubt)
+        self._in_doubt.clear()
 
     def _disconnect(self, outbox: queue.SimpleQueue[Any]) -> None:
         with self._send_lock:
@@ -440,8 +441,7 @@ class Transport:
             call.cancel()
         self._pump.join(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
         with self._send_lock:
-            self._dropped += len(self._in_doubt)  # never confirmed stored
-            self._in_doubt.clear()
+            self._drop_in_doubt()  # never confirmed stored
         return flushed
 
 
