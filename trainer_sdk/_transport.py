@@ -4,7 +4,8 @@ Two daemon threads per session:
 
 * the connection thread opens the gRPC stream (creating the channel lazily, in
   the process that uses it), reconnects with capped exponential backoff and full
-  jitter, and handles what the supervisor sends (Welcome, Delta, MetricsAck);
+  jitter, and handles what the supervisor sends (Welcome, Delta, MetricsAck, and
+  a sharded supervisor's Redirect to the process that owns the run);
 * the pump thread drains the training thread's queue, numbers the points,
   keeps them until the supervisor says they are stored, and sends points and
   acknowledgements in batches.
@@ -93,6 +94,7 @@ class Transport:
         self._goodbye: pb.Goodbye | None = None
         self._flush_now = False
         self._rehello = False  # reconnect to send a fresh Hello (see SessionState.resync)
+        self._route: str | None = None  # the process that owns the run, when a sharded supervisor redirected us
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
 
@@ -258,9 +260,12 @@ class Transport:
 
     def _connect_loop(self) -> None:
         outage_logged = False
+        redirects = 0  # in a row, without a Welcome: a loop of them backs off like an outage
         while not self.stopping.is_set():
-            channel = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            target = self._route or self.address
+            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
             outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+            redirected = False
             try:
                 stub = pb_grpc.TrainerServiceStub(channel)
                 call = stub.Connect(self._requests(outbox), metadata=self.metadata)
@@ -270,8 +275,9 @@ class Transport:
                     if kind == "welcome":
                         self._on_welcome(response.welcome, outbox)
                         if outage_logged:
-                            log.info("reconnected to the supervisor at %s", self.address)
+                            log.info("reconnected to the supervisor at %s", target)
                         outage_logged = False
+                        redirects = 0
                         self.backoff.reset()
                     elif kind == "delta":
                         self._on_delta(response.delta)
@@ -279,6 +285,11 @@ class Transport:
                         self._on_metrics_ack(response.metrics_ack.seq)
                     elif kind == "pacing":
                         self._on_pacing(response.pacing)
+                    elif kind == "redirect":
+                        redirected = self._on_redirect(response.redirect)
+                        redirects += 1
+                        call.cancel()
+                        break
             except grpc.RpcError as exc:
                 if self.stopping.is_set():
                     break
@@ -296,13 +307,15 @@ class Transport:
                     )
                     self._disconnect(outbox)
                     break
-                elif not outage_logged:
-                    outage_logged = True
-                    log.warning(
-                        "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
-                        self.address,
-                        code.name if code else exc,
-                    )
+                else:
+                    self._route = None  # after a redirect, the owning process is gone: ask the address given
+                    if not outage_logged:
+                        outage_logged = True
+                        log.warning(
+                            "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
+                            target,
+                            code.name if code else exc,
+                        )
             except Exception:
                 log.exception("trainer_sdk connection failed unexpectedly; reconnecting")
             finally:
@@ -314,7 +327,21 @@ class Transport:
                 self._rehello = False
                 log.info("reconnecting to tell the supervisor the values this process uses (it adopted older ones)")
                 continue
+            if redirected and redirects <= 3:
+                continue
             self.stopping.wait(self.backoff.next())
+
+    def _on_redirect(self, redirect: pb.Redirect) -> bool:
+        """Another process of a sharded supervisor owns this run: connect there next (False: cannot)."""
+        target = redirect_target(self.address, redirect.host, redirect.port)
+        if target is None:
+            log.error("the supervisor redirects run %r to port %d, which %r cannot name; retrying",
+                      self.state.run, redirect.port, self.address)
+            self._route = None
+            return False
+        log.debug("run %r is served at %s", self.state.run, target)
+        self._route = target
+        return True
 
     def _requests(self, outbox: queue.SimpleQueue[Any]):
         version, values = self.state.snapshot()
@@ -443,6 +470,21 @@ class Transport:
         with self._send_lock:
             self._drop_in_doubt()  # never confirmed stored
         return flushed
+
+
+def redirect_target(address: str, host: str, port: int) -> str | None:
+    """The gRPC target for a Redirect: ``host:port``, or ``address``'s host with ``port`` if ``host`` is empty.
+
+    None when that cannot be named (a Unix socket address, or a port out of range).
+    """
+    if not 0 < port < 65536:
+        return None
+    if host:
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    scheme, sep, rest = address.rpartition("///")  # dns:///host:port, ipv4:///...
+    if address.startswith("unix") or ":" not in rest:
+        return None
+    return f"{scheme}{sep}{rest.rpartition(':')[0]}:{port}"
 
 
 def _sdk_version() -> str:

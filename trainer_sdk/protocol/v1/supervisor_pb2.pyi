@@ -181,16 +181,26 @@ class Goodbye(_message.Message):
     def __init__(self, outcome: _Optional[_Union[RunOutcome, str]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("welcome", "delta", "metrics_ack", "pacing")
+    __slots__ = ("welcome", "delta", "metrics_ack", "pacing", "redirect")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     METRICS_ACK_FIELD_NUMBER: _ClassVar[int]
     PACING_FIELD_NUMBER: _ClassVar[int]
+    REDIRECT_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     delta: Delta
     metrics_ack: MetricsAck
     pacing: Pacing
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., pacing: _Optional[_Union[Pacing, _Mapping]] = ...) -> None: ...
+    redirect: Redirect
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., delta: _Optional[_Union[Delta, _Mapping]] = ..., metrics_ack: _Optional[_Union[MetricsAck, _Mapping]] = ..., pacing: _Optional[_Union[Pacing, _Mapping]] = ..., redirect: _Optional[_Union[Redirect, _Mapping]] = ...) -> None: ...
+
+class Redirect(_message.Message):
+    __slots__ = ("port", "host")
+    PORT_FIELD_NUMBER: _ClassVar[int]
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    port: int
+    host: str
+    def __init__(self, port: _Optional[int] = ..., host: _Optional[str] = ...) -> None: ...
 
 class Pacing(_message.Message):
     __slots__ = ("min_flush_interval_seconds",)
