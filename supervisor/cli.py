@@ -54,9 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not is_http(getattr(args, "address", "")):  # the HTTP path logs nothing: spare it logging's import
         import logging
 
+        shard = getattr(args, "shard", None)  # a child shard's lines say which one it is
         logging.basicConfig(
             level=getattr(args, "log_level", "WARNING").upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            format="%(asctime)s %(levelname)s %(name)s" + (f"[shard {shard[0]}]" if shard else "") + ": %(message)s",
         )
     try:
         return int(args.func(args) or 0)
@@ -156,6 +157,16 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
         )
+        p.add_argument(
+            "--shards",
+            type=_shard_count,
+            default=1,
+            help="processes sharing the runs (default 1): this one, the front door, starts the others on free "
+            "ports, each with its own SQLite file (supervisor.shard1.db, ...) and /metrics (--metrics-port + i); "
+            "trainers and operators use only this one's address (see docs/deployment.md)",
+        )
+        p.add_argument("--shard", type=_shard_of, default=None, help=argparse.SUPPRESS)  # a child: "K/N"
+        p.add_argument("--front-port", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's port
         p.add_argument("--log-level", default="INFO")
         p.set_defaults(func=_serve)
 
@@ -258,6 +269,27 @@ def _columns() -> int:
 # -- serve --------------------------------------------------------------------------------------
 
 
+def _shard_count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"must be a whole number of processes from 1 to 64, not {text!r}")
+    return count
+
+
+def _shard_of(text: str) -> tuple[int, int]:
+    index, _, count = text.partition("/")
+    try:
+        pair = int(index), int(count)
+    except ValueError:
+        pair = (0, 0)
+    if not 0 < pair[0] < pair[1]:
+        raise argparse.ArgumentTypeError(f"must be K/N with 0 < K < N, not {text!r}")
+    return pair
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
     import os
@@ -283,8 +315,12 @@ def _serve(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
-        max_metric_messages=args.max_metric_messages,
+        max_metric_messages=args.max_metric_messages / args.shards,  # a child is given its share already
         policy_config=None if args.config is None else Path(args.config),
+        shards=args.shard[1] if args.shard else args.shards,
+        shard=args.shard[0] if args.shard else 0,
+        front_port=args.front_port,
+        log_level=args.log_level,
     )
     try:
         asyncio.run(serve(config))

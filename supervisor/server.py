@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from supervisor import gc_tuning
 from supervisor.core import Supervisor
 from supervisor.http_gateway import HttpGateway
 from supervisor.services import UNAUTHENTICATED_DETAILS, OperatorService, TrainerService
+from supervisor.sharding import RoutedOperatorService, Router, ShardProcesses, child_argv, child_env
 from supervisor.storage import Database
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -54,6 +56,13 @@ class ServerConfig:
     """The operator HTTP/JSON gateway's port on ``host`` (0: a free one); None: no gateway."""
     http_optional: bool = False
     """If the HTTP port is taken, log it and serve without the gateway (for a default nobody asked for)."""
+    shards: int = 1
+    """Processes sharing the runs (see ``supervisor.sharding``); this one is ``shard`` of them."""
+    shard: int = 0
+    """0: the front door, which starts the others; above 0: a child started by the front door."""
+    front_port: int | None = None
+    """A child's: the front door's gRPC port, where it sends trainers of runs it does not own."""
+    log_level: str = "INFO"
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -98,10 +107,20 @@ class SupervisorServer:
             from supervisor.policy_host import PolicyHost
 
             self.policy_host = PolicyHost.from_file(config.policy_config, self.core)
+        self.router: Router | None = None
+        if config.shards > 1:
+            bindings = self.policy_host.engine.bindings if self.policy_host is not None else []
+            self.router = Router(
+                index=config.shard,
+                count=config.shards,
+                population=[b for b in bindings if b.scope == "population"],
+                host=config.host,
+                token=config.token,
+            )
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
-        pb_grpc.add_TrainerServiceServicer_to_server(TrainerService(self.core), self.server)
-        operator = OperatorService(self.core)
+        pb_grpc.add_TrainerServiceServicer_to_server(TrainerService(self.core, self.router), self.server)
+        operator = OperatorService(self.core) if self.router is None else RoutedOperatorService(self.core, self.router)
         pb_grpc.add_OperatorServiceServicer_to_server(operator, self.server)
         self.http = HttpGateway(operator, token=config.token) if config.http_port is not None else None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
@@ -109,9 +128,33 @@ class SupervisorServer:
         self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
+        self.shards: ShardProcesses | None = None
+        if self.router is not None:
+            self.router.ports[0] = self.port if config.shard == 0 else (config.front_port or 0)
+            if config.shard == 0:
+                self.shards = ShardProcesses(self.router, self._child_argv, child_env(config.token))
+
+    def _child_argv(self, index: int) -> list[str]:
+        c = self.config
+        return child_argv(
+            index=index,
+            count=c.shards,
+            front_port=self.port,
+            host=c.host,
+            db=c.db,
+            policy_config=c.policy_config,
+            metrics_host=c.metrics_host,
+            metrics_port=c.metrics_port,
+            max_metric_messages=c.max_metric_messages,
+            log_level=c.log_level,
+        )
 
     async def start(self) -> None:
+        if self.shards is not None:  # before this one serves: it redirects trainers to them
+            await self.shards.start()
         await self.core.start()
+        if self.router is not None:
+            self._warn_of_foreign_runs(self.router)
         if self.policy_host is not None:
             await self.policy_host.start()
         if self.metrics is not None:
@@ -122,6 +165,15 @@ class SupervisorServer:
             await self._start_http(self.http)
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
+
+    def _warn_of_foreign_runs(self, router: Router) -> None:
+        foreign = sorted(name for name in self.core.runs if router.owner(name) != router.index)
+        if foreign:
+            log.warning(
+                "%s holds %d run(s) that shard %d of %d does not own (the number of shards changed?): %s; they "
+                "are not listed or served here, and their history stays in this file",
+                self.config.db, len(foreign), router.index, router.count, ", ".join(foreign[:5]),
+            )
 
     async def _start_http(self, http: HttpGateway) -> None:
         port = self.config.http_port or 0
@@ -152,6 +204,10 @@ class SupervisorServer:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
             await self.server.stop(grace)
+        if self.shards is not None:
+            await self.shards.stop()
+        elif self.router is not None:
+            await self.router.close()
         if self.policy_host is not None:
             await self.policy_host.stop()
         await self.core.stop()
@@ -167,6 +223,15 @@ async def _set_health(servicer: Any, status: int) -> None:
             await result
 
 
+async def _stop_when_orphaned(stop: asyncio.Event, interval: float = 1.0) -> None:
+    """A child shard stops when the front door that started it is gone, however it went."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(interval)
+    log.error("the front door (pid %d) is gone; stopping", parent)
+    stop.set()
+
+
 async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], None] | None = None) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
     stop = asyncio.Event()
@@ -174,17 +239,20 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
     for signum in (signal.SIGTERM, signal.SIGINT):  # before anyone can know our address
         loop.add_signal_handler(signum, stop.set)
     server = SupervisorServer(config)
-    if server.policy_host is not None:
-        policy_host = server.policy_host
 
-        async def reload() -> None:
-            await policy_host.reload()
+    async def hangup() -> None:  # reload the policies file, in every shard
+        if server.shards is not None:
+            server.shards.hangup()
+        if server.policy_host is not None:
+            await server.policy_host.reload()
             gc_tuning.unfreeze()
 
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    if server.policy_host is not None or server.shards is not None:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(hangup()))
     await server.start()
     gc_tuning.tune_collector()
     collector = asyncio.create_task(gc_tuning.collect_periodically(), name="gc")
+    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop), name="parent") if config.shard > 0 else None
     if server.http_url is not None:  # before the listening line: whoever waits for that one finds it
         print(f"http gateway on {server.http_url}", flush=True)
     print(f"listening on {config.host}:{server.port}", flush=True)
@@ -196,5 +264,7 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
     await stop.wait()
     log.info("shutting down")
     collector.cancel()
+    if orphan_watch is not None:
+        orphan_watch.cancel()
     await server.stop()
     print("stopped", file=sys.stderr, flush=True)

@@ -41,8 +41,10 @@ async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[
 
 
 class TrainerService(pb_grpc.TrainerServiceServicer):
-    def __init__(self, core: Supervisor) -> None:
+    def __init__(self, core: Supervisor, router: Any = None) -> None:
         self.core = core
+        self.router = router
+        """A sharded supervisor's ``sharding.Router``: trainers of other shards' runs are redirected there."""
 
     async def Connect(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         first = await context.read()
@@ -53,6 +55,9 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Connect stream must be a hello"
             )
+        if self.router is not None and (redirect := self.router.redirect(first.hello.run)) is not None:
+            await context.write(pb.ConnectResponse(redirect=redirect))
+            return
         stream, _run, initial = await _call(
             context, self.core.metrics, lambda: self.core.open_session(first.hello, context.peer())
         )

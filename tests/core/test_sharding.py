@@ -1,0 +1,182 @@
+"""A supervisor split over processes (`serve --shards N`): trainers and operators see one supervisor."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from policies import parse_config
+from supervisor.sharding import owner, shard_db
+from tests.conftest import SUPERVISOR, wait_until
+from trainer_sdk._transport import redirect_target
+
+
+def run_owned_by(shard: int, shards: int, prefix: str) -> str:
+    return next(name for i in range(1000) if owner(name := f"{prefix}-{i}", shards) == shard)
+
+
+def shard_pid(front_port: int, index: int) -> int | None:
+    """The pid of the running child shard ``index`` that the front door on ``front_port`` started."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"--front-port" in argv and argv[argv.index(b"--front-port") + 1] == str(front_port).encode():
+                if argv[argv.index(b"--shard") + 1].startswith(f"{index}/".encode()):
+                    if not gone(int(entry.name)):
+                        return int(entry.name)
+    return None
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+
+
+def stored_runs(db: Path) -> set[str]:
+    with sqlite3.connect(db) as conn:
+        return {name for (name,) in conn.execute("SELECT name FROM runs")}
+
+
+@pytest.fixture(params=["thread", "process"])
+def transport(request) -> str:
+    return request.param
+
+
+def test_owner_is_stable_and_keeps_a_population_together():
+    assert [owner(f"run-{i}", 4) for i in range(8)] == [owner(f"run-{i}", 4) for i in range(8)]
+    assert {owner(f"run-{i}", 4) for i in range(100)} == {0, 1, 2, 3}, "names spread over every shard"
+    assert owner("anything", 1) == 0
+    bindings = parse_config({"policy": [{"type": "optuna", "id": "search", "runs": "trial-*", "metric": "val_loss"}]})
+    population = [b for b in bindings if b.scope == "population"]
+    assert len({owner(f"trial-{i}", 4, population) for i in range(50)}) == 1, "one study, one process"
+    assert shard_db(Path("/x/sup.db"), 0) == Path("/x/sup.db")
+    assert shard_db(Path("/x/sup.db"), 2) == Path("/x/sup.shard2.db")
+
+
+def test_redirect_keeps_the_host_the_trainer_used():
+    assert redirect_target("sup.example:50051", "", 50061) == "sup.example:50061"
+    assert redirect_target("[::1]:50051", "", 7) == "[::1]:7"
+    assert redirect_target("dns:///sup:1", "", 7) == "dns:///sup:7"
+    assert redirect_target("a:1", "other", 7) == "other:7"
+    assert redirect_target("unix:/tmp/sock", "", 7) is None
+    assert redirect_target("a:1", "", 0) is None
+
+
+def test_runs_of_every_shard_are_served_through_the_front_door(tmp_path, supervisor_factory, trainers, transport):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"))
+    home, away = run_owned_by(0, 2, "home"), run_owned_by(1, 2, "away")
+    started = {
+        name: trainers("--run", name, "--address", front.address, "--steps", "300", "--transport", transport)
+        for name in (home, away)
+    }
+    for trainer in started.values():
+        trainer.wait_for("connected")
+    for name, lr in ((home, "0.02"), (away, "0.03")):
+        out = front.json("set", name, f"lr={lr}", "--reason", "sharded", "--wait")
+        assert out["version"] == 1 and out["acknowledged"] is True, out
+    out = front.json("set", away, "momentum=0.5", "--wait", address=front.http_address)  # the HTTP gateway too
+    assert out["version"] == 2 and out["acknowledged"] is True, out
+    refused = front.cli("set", away, "lr=2", check=False)
+    assert refused.returncode != 0 and "lr: 2.0 is above the maximum 1.0" in refused.stderr  # the owner's error
+    unknown = front.cli("set", "nobody-runs-this", "lr=0.1", check=False)
+    assert unknown.returncode != 0 and "unknown run 'nobody-runs-this'" in unknown.stderr
+
+    done = {name: trainer.events()[-1] for name, trainer in started.items()}
+    assert done[home]["values"]["lr"] == 0.02 and done[home]["version"] == 1
+    assert done[away]["values"] == {"lr": 0.03, "momentum": 0.5, "weight_decay": 0.0} and done[away]["version"] == 2
+    assert all(d["flushed"] for d in done.values())
+
+    listed = {r["run"]: r for r in front.json("runs")}
+    assert sorted(listed) == sorted([home, away]) and listed[away]["version"] == 2
+    assert [e["version"] for e in front.json("history", away) if e["version"]] == [1, 2]
+    steps = Counter(
+        json.loads(line)["step"] for line in front.cli("metrics", away, "--name", "loss", "--json").stdout.splitlines()
+    )
+    assert sorted(steps) == list(range(300)) and max(steps.values()) == 1
+    # Each process keeps its own runs in its own file.
+    assert stored_runs(tmp_path / "sup.db") == {home}
+    assert stored_runs(tmp_path / "sup.shard1.db") == {away}
+
+
+def test_a_killed_shard_is_restarted_and_its_trainers_come_back(tmp_path, supervisor_factory, trainers):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"))
+    away = run_owned_by(1, 2, "away")
+    trainer = trainers("--run", away, "--address", front.address, "--steps", "1500", "--sleep", "0.005")
+    trainer.wait_for("connected")
+    front.cli("set", away, "lr=0.05", "--wait")
+    first = shard_pid(front.port, 1)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    wait_until(lambda: shard_pid(front.port, 1) not in (first, None), message="shard 1 restarted")
+    wait_until(lambda: front.run(away).get("connected"), message="the trainer reconnected through the front door")
+    front.cli("set", away, "lr=0.02", "--wait")
+    done = trainer.events()[-1]
+    assert done["values"]["lr"] == 0.02 and done["version"] == 2 and done["flushed"] is True
+    steps = Counter(
+        json.loads(line)["step"] for line in front.cli("metrics", away, "--name", "loss", "--json").stdout.splitlines()
+    )
+    assert sorted(steps) == list(range(1500)), "gaps in the stored metric stream"
+
+    child = shard_pid(front.port, 1)
+    assert child is not None
+    front.kill()  # SIGKILL: the front door cannot stop its children; they notice and stop themselves
+    wait_until(lambda: gone(child), timeout=15, message="the orphaned shard stopped")
+
+
+def test_shards_are_stopped_with_the_front_door(tmp_path, supervisor_factory):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "3"))
+    children = [shard_pid(front.port, k) for k in (1, 2)]
+    assert None not in children
+    assert front.terminate() == 0
+    wait_until(lambda: all(gone(pid) for pid in children), timeout=15, message="every shard stopped")
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two"])
+def test_a_bad_shard_count_is_refused_by_name(tmp_path, value):
+    result = subprocess.run([*SUPERVISOR, "serve", "--shards", value, "--db", str(tmp_path / "x.db")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and f"--shards: must be a whole number of processes from 1 to 64, not {value!r}" in (
+        result.stderr
+    )
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_restart_with_fewer_shards_says_which_runs_it_no_longer_serves(tmp_path, supervisor_factory, trainers):
+    db = tmp_path / "sup.db"
+    front = supervisor_factory(db, args=("--shards", "1"))
+    moved = run_owned_by(1, 2, "moved")
+    trainers("--run", moved, "--address", front.address, "--steps", "5").events()
+    front.terminate()
+    log = tmp_path / "second.log"
+    second = supervisor_factory(db, args=("--shards", "2"), log=log)
+    assert second.json("runs") == []  # shard 1 owns it now, and its file is empty: nothing listed twice
+    time.sleep(0.2)
+    assert f"holds 1 run(s) that shard 0 of 2 does not own (the number of shards changed?): {moved}" in log.read_text()
+
+
+def test_every_shard_requires_the_token_and_the_front_door_passes_it_on(tmp_path, supervisor_factory, trainers):
+    log = tmp_path / "sup.log"
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2", "--token", "s3cret"), log=log)
+    away = run_owned_by(1, 2, "away")
+    trainer = trainers("--run", away, "--address", front.address, "--steps", "200", env={"SUPERVISOR_TOKEN": "s3cret"})
+    trainer.wait_for("connected")
+    out = front.json("set", away, "lr=0.02", "--wait", "--token", "s3cret")
+    assert out["acknowledged"] is True
+    assert trainer.events()[-1]["values"]["lr"] == 0.02
+    child_port = int(log.read_text().split("shard 1 of 2 serves on port ")[1].split()[0])
+    direct = front.cli("runs", "--token", "wrong", check=False, address=f"127.0.0.1:{child_port}")
+    assert direct.returncode != 0 and "missing or wrong token" in direct.stderr
