@@ -182,6 +182,20 @@ def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> 
 
 # -- a supervisor subprocess --------------------------------------------------------------------------
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``: a sharded supervisor's other shards."""
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rpartition(")")[2].split()[1]) == pid:
+                children.append(int(entry.name))
+    return children
+
+
 class SupervisorProcess:
     """``python -m supervisor serve --port 0`` on a fresh database; ``address`` once it listens, and
     ``http_address``, its operator HTTP gateway (``http://HOST:PORT``)."""

@@ -36,6 +36,7 @@ from typing import Any
 
 import grpc
 
+from trainer_sdk._transport import redirect_target
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -65,6 +66,8 @@ class Stream:
         self.messages = 0
         self.errors: list[str] = []
         self.queue: asyncio.Queue[pb.ConnectRequest | None] = asyncio.Queue()
+        self.redirect_to: str | None = None
+        self.own_channel: grpc.aio.Channel | None = None  # the owning shard's, after a Redirect
 
     def hello(self) -> pb.ConnectRequest:
         return pb.ConnectRequest(hello=pb.Hello(
@@ -73,8 +76,9 @@ class Stream:
             version=0, sdk_version="bench-loadgen", hostname="bench", pid=os.getpid()))
 
     async def requests(self) -> Any:
+        queue = self.queue  # this stream's: a Redirect gives the next stream a new one
         yield self.hello()
-        while (message := await self.queue.get()) is not None:
+        while (message := await queue.get()) is not None:
             yield message
 
     def batch(self, steps: list[int]) -> pb.ConnectRequest:
@@ -92,9 +96,7 @@ class Stream:
             names=self.names, name_indexes=list(range(width)) * len(steps), values=values))
 
     async def run_stream(self, channel: grpc.aio.Channel, start: asyncio.Event, stop: asyncio.Event) -> None:
-        stub = pb_grpc.TrainerServiceStub(channel)
-        call = stub.Connect(self.requests())
-        reader = asyncio.create_task(self._read(call))
+        call, reader = await self._connect(channel)
         try:
             await self.welcomed.wait()
             await start.wait()
@@ -123,6 +125,25 @@ class Stream:
             self.queue.put_nowait(None)
             reader.cancel()
             call.cancel()
+            if self.own_channel is not None:
+                await self.own_channel.close()
+
+    async def _connect(self, channel: grpc.aio.Channel) -> tuple[Any, asyncio.Task[None]]:
+        """Open the stream, and follow a sharded supervisor's Redirect as the SDK does."""
+        while True:
+            call = pb_grpc.TrainerServiceStub(channel).Connect(self.requests())
+            reader = asyncio.create_task(self._read(call))
+            welcomed = asyncio.create_task(self.welcomed.wait())
+            await asyncio.wait([reader, welcomed], return_when=asyncio.FIRST_COMPLETED)
+            welcomed.cancel()
+            if self.redirect_to is None:
+                return call, reader
+            call.cancel()
+            self.queue = asyncio.Queue()  # the old stream's generator holds the old queue
+            target, self.redirect_to = self.redirect_to, None
+            if self.own_channel is not None:
+                await self.own_channel.close()
+            channel = self.own_channel = grpc.aio.insecure_channel(target)
 
     @property
     def interval(self) -> float:
@@ -134,6 +155,9 @@ class Stream:
                 kind = response.WhichOneof("message")
                 if kind == "welcome":
                     self.welcomed.set()
+                elif kind == "redirect":
+                    self.redirect_to = redirect_target(self.address, response.redirect.host, response.redirect.port)
+                    return
                 elif kind == "metrics_ack":
                     self.acked = max(self.acked, response.metrics_ack.seq)
                 elif kind == "pacing":

@@ -52,6 +52,7 @@ from bench._common import (
     ROOT,
     Result,
     SupervisorProcess,
+    child_pids,
     cpu_counters,
     cpu_seconds,
     machine_usage,
@@ -102,8 +103,11 @@ def _processes(n: int) -> list[tuple[int, int]]:
     return out
 
 
-def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[float]]) -> None:
+def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[float]], shards: int = 1) -> None:
     """Control probes until ``stop``: API set and Health.Check every ~100 ms, and policy kicks.
+
+    With several shards the API probes alternate between a run of the front door and one of
+    shard 1, whose changes the front door forwards (``api_forwarded_ms`` holds those alone).
 
     The kicks run on their own thread: a kick waits for the trainer's next paced send (up to
     1 s at 1000 streams), and sharing one thread with the API probes would leave a p99 of a
@@ -115,15 +119,21 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
     spec = {"lr": Float(0.05, min=1e-5, max=1.0, log=True)}
     api = connect("probe-api", spec, address=sup.address, telemetry=False)
     kick = connect("probe-kick", spec, address=sup.address, telemetry=False)
+    sessions = [api, kick]
+    if shards > 1:
+        from supervisor.sharding import owner
+
+        away = next(name for i in range(100) if owner(name := f"probe-api-{i}", shards) == 1)
+        sessions.append(connect(away, spec, address=sup.address, telemetry=False))
     client = OperatorClient(sup.address)
     channel = grpc.insecure_channel(sup.address)
     health = health_pb2_grpc.HealthStub(channel)
-    poller = Poller([api, kick], "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
+    poller = Poller(sessions, "sleep", interval=0.0005)  # 0.5 ms resolution; spares the shared CPUs
     done = threading.Event()  # set once the API probes end: the kicker stops before the sessions close
     kicker = threading.Thread(target=_repeat, args=("kicker", _kick_once, (poller, kick), done, out, 2), daemon=True)
     try:
         t0 = time.monotonic()
-        if not (api.wait_connected(60) and kick.wait_connected(60)):
+        if not all(session.wait_connected(60) for session in sessions):
             out["failed"].append(f"probe sessions not connected after {time.monotonic() - t0:.0f} s")
         poller.start()
         kicker.start()
@@ -137,8 +147,8 @@ def _probe(sup: SupervisorProcess, stop: threading.Event, out: dict[str, list[fl
         poller.stop.set()
         client.close()
         channel.close()
-        api.close(timeout=1)
-        kick.close(timeout=1)
+        for session in sessions:
+            session.close(timeout=1)
 
 
 def _repeat(name: str, probe: Any, args: tuple[Any, ...], stop: threading.Event, out: dict[str, list[Any]],
@@ -167,13 +177,17 @@ def _api_once(i: int, client: Any, health: Any, poller: Poller, out: dict[str, l
     health.Check(health_pb2.HealthCheckRequest(), timeout=30)
     out["health_ms"].append((time.perf_counter_ns() - t0) / 1e6)
     v = round(0.01 * (1 + (i % 89) / 100) + (i // 89) * 1e-6, 9)
+    forwarded = len(poller.sessions) > 2 and i % 2 == 0
+    index = 2 if forwarded else 0
     t0 = time.perf_counter_ns()
-    client.set("probe-api", {"lr": v})
-    seen = poller.wait_for(0, v, timeout=30)
+    client.set(poller.sessions[index].run, {"lr": v})
+    seen = poller.wait_for(index, v, timeout=30)
     if seen is None:
         out["lost"].append(1)
     else:
         out["api_ms"].append((seen - t0) / 1e6)
+        if forwarded:
+            out["api_forwarded_ms"].append((seen - t0) / 1e6)
 
 
 def _kick_once(i: int, poller: Poller, kick: Any, out: dict[str, list[Any]]) -> None:
@@ -196,9 +210,9 @@ def _points_received(address: str) -> int:
 
 def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bool,
              plateau: bool = True, supervisors: int = 1, rate: float = RATE) -> dict[str, Any]:
-    """One size; with ``supervisors`` > 1, that many supervisor processes share the streams and the
-    message budget (``--max-metric-messages``) evenly, as runs sharded by name would, and the
-    probes go to the first one."""
+    """One size; with ``supervisors`` > 1, one supervisor of that many processes (``serve --shards``):
+    the load generators and the probes all use the front door's address, as trainers and operators
+    would, and follow its Redirects."""
     time.sleep(1.0)  # the previous size's processes wind down
     speed = python_loop_ms()  # before anything of this size runs
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-scale-{n}-"))
@@ -206,30 +220,23 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     config.write_text(CONFIG if plateau else CONFIG.replace('runs = "scale-*"', 'runs = "no-run-matches-*"'))
     res: dict[str, Any] = {"streams": n, "plateau": plateau, "supervisors": supervisors, "rate": rate,
                            "python_loop_ms": speed}
-    budget = ("--max-metric-messages", f"{1000 / supervisors:g}") if supervisors > 1 else ()
+    shards = ("--shards", str(supervisors)) if supervisors > 1 else ()
     with ExitStack() as stack:
-        sups = [stack.enter_context(SupervisorProcess(config=config, workdir=workdir / f"supervisor-{k}", args=budget))
-                for k in range(supervisors)]
-        sup = sups[0]
+        sup = stack.enter_context(SupervisorProcess(config=config, workdir=workdir / "supervisor", args=shards))
+        pids = [sup.pid, *child_pids(sup.pid)]
         spy_ok = profile and supervisors == 1 and shutil.which("py-spy", path=str(Path(PYTHON).parent))
         profile_s = min(20.0, window - 3) if spy_ok else 0.0
         duration = warmup + window + 2 + profile_s  # the profile samples after the window, never inside it
         flush = DEFAULT_FLUSH_INTERVAL
         gens = []
-        share = n // supervisors
-        for k, target in enumerate(sups):
-            mine = share + (n % supervisors if k == 0 else 0)
-            if mine == 0:  # fewer streams than supervisors: this one only serves nobody
-                continue
-            for first, count in _processes(mine):
-                first += k * share + (n % supervisors if k else 0)
-                stats = workdir / f"loadgen-{first}.json"
-                proc = subprocess.Popen(
-                    [PYTHON, "-m", "bench._loadgen", "--address", target.address, "--streams", str(count), "--first",
-                     str(first), "--rate", str(rate), "--flush-interval", str(flush),
-                     "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
-                     "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-                gens.append((proc, stats))
+        for first, count in _processes(n):
+            stats = workdir / f"loadgen-{first}.json"
+            proc = subprocess.Popen(
+                [PYTHON, "-m", "bench._loadgen", "--address", sup.address, "--streams", str(count), "--first",
+                 str(first), "--rate", str(rate), "--flush-interval", str(flush),
+                 "--metrics", str(VALUES_PER_POINT), "--duration", str(duration),
+                 "--out", str(stats)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            gens.append((proc, stats))
         t_connect = time.perf_counter()
         for proc, _ in gens:
             assert proc.stdout is not None
@@ -241,24 +248,24 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
             assert proc.stdin is not None
             proc.stdin.write("go\n")
             proc.stdin.flush()
-        probes: dict[str, list[Any]] = {"api_ms": [], "policy_ms": [], "health_ms": [], "lost": [], "failed": []}
+        probes: dict[str, list[Any]] = {"api_ms": [], "api_forwarded_ms": [], "policy_ms": [], "health_ms": [],
+                                        "lost": [], "failed": []}
         time.sleep(warmup)
         stop = threading.Event()
-        prober = threading.Thread(target=_probe, args=(sup, stop, probes), daemon=True)
+        prober = threading.Thread(target=_probe, args=(sup, stop, probes, supervisors), daemon=True)
         prober.start()
         time.sleep(1.0)
-        pids = [s.pid for s in sups]
         gen_cpu0 = sum(cpu_seconds(p.pid) for p, _ in gens)
         me0, usage0 = time.process_time(), cpu_counters()
         loop0 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in pids)
         cpu0, t0 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
-        recv0 = sum(_points_received(s.address) for s in sups)
+        recv0 = _points_received(sup.address)
         rss_samples = []
         end = t0 + window - 1.0
         while time.perf_counter() < end:
             rss_samples.append(sum(rss_mib(pid) for pid in pids))
             time.sleep(1.0)
-        recv1 = sum(_points_received(s.address) for s in sups)
+        recv1 = _points_received(sup.address)
         cpu1, t1 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
         gen_cpu1 = sum(cpu_seconds(p.pid) for p, _ in gens)
         me1, usage1 = time.process_time(), cpu_counters()
@@ -378,9 +385,9 @@ def run(quick: bool, out: Path | None = None) -> Result:
     # the same sizes without the plateau policy, to show what policy evaluation costs
     bare = [] if quick else [64, 256, 1000]
     warmup, window = (2.0, 6.0) if quick else (5.0, 25.0)
-    # and the largest split over two supervisor processes, as runs sharded by name would be: does a
-    # second process (its own event loop and GIL) buy latency on this machine?
-    sharded = [] if quick else [sizes[-1]]
+    # and the largest with a supervisor of two processes (`serve --shards 2`): what a second event
+    # loop and GIL buy on this machine, through the front door's routing
+    sharded = [sizes[-1]]
     # and the largest at twice the rate: the capacity the >= 100,000 values/s target asks about
     capacity = [] if quick else [sizes[-1]]
     runs = []
@@ -402,7 +409,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
         shards = r.get("supervisors", 1)
         at_capacity = r.get("rate", RATE) != RATE
         label = f"{n} streams" + ("" if r["plateau"] else " (no policy)") + (
-            f" over {shards} supervisor processes" if shards > 1 else "") + (
+            f" with --shards {shards}" if shards > 1 else "") + (
             f" at {r['rate']:g} points/s each (capacity)" if at_capacity else "")
         if "error" in r:
             result.row(label, "failed", note=r["error"])
@@ -412,8 +419,11 @@ def run(quick: bool, out: Path | None = None) -> Result:
         standard = r["plateau"] and shards == 1 and not at_capacity  # the workload the targets name
         big = n >= TARGET_STREAMS and standard
         throughput_target = n >= TARGET_STREAMS and r["plateau"] and shards == 1 and at_capacity
-        shard_note = (f"probes to the first of {shards} processes, {n // shards} streams and "
-                      f"{1000 // shards} messages/s each; " if shards > 1 else "")
+        fwd = p.get("api_forwarded_ms", {})
+        shard_note = (f"one supervisor of {shards} processes, streams and probes through its front door; API "
+                      f"probes alternate a run of the front door and one of shard 1, forwarded to it: those alone "
+                      f"p50 {fwd.get('p50', float('nan')):.1f} / p99 {fwd.get('p99', float('nan')):.1f} ms; "
+                      if shards > 1 else "")
         result.row(f"{label}: stored values/s", r["stored_values_s"], "values/s",
                    target=f">= {TARGET_VALUES_S:,} at {TARGET_STREAMS}" if throughput_target else "",
                    met=(r["stored_values_s"] >= TARGET_VALUES_S) if throughput_target else None,
