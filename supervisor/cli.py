@@ -165,6 +165,14 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
             "ports, each with its own SQLite file (supervisor.shard1.db, ...) and /metrics (--metrics-port + i); "
             "trainers and operators use only this one's address (see docs/deployment.md)",
         )
+        p.add_argument(
+            "--shard-ports",
+            type=int,
+            default=None,
+            metavar="START",
+            help="with --shards N: shard i listens on START + i - 1 (fixed ports a firewall or a Kubernetes "
+            "Service can name; default: free ports)",
+        )
         p.add_argument("--shard", type=_shard_of, default=None, help=argparse.SUPPRESS)  # a child: "K/N"
         p.add_argument("--front-port", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's port
         p.add_argument("--log-level", default="INFO")
@@ -297,6 +305,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     from supervisor.server import ServerConfig, serve
 
+    if args.shard_ports is not None:
+        last = args.shard_ports + args.shards - 2  # shards 1..N-1
+        if args.shards < 2:
+            print("error: --shard-ports needs --shards 2 or more", file=sys.stderr)
+            return 2
+        if not 0 < args.shard_ports <= last < 65536:
+            print(f"error: --shard-ports {args.shard_ports} with --shards {args.shards} needs ports "
+                  f"{args.shard_ports} to {last}, between 1 and 65535", file=sys.stderr)
+            return 2
     if args.no_http:
         http_port, http_optional = None, False
     elif args.http_port is not None:
@@ -320,6 +337,7 @@ def _serve(args: argparse.Namespace) -> int:
         shards=args.shard[1] if args.shard else args.shards,
         shard=args.shard[0] if args.shard else 0,
         front_port=args.front_port,
+        shard_ports=args.shard_ports,
         log_level=args.log_level,
     )
     try:

@@ -62,6 +62,8 @@ class ServerConfig:
     """0: the front door, which starts the others; above 0: a child started by the front door."""
     front_port: int | None = None
     """A child's: the front door's gRPC port, where it sends trainers of runs it does not own."""
+    shard_ports: int | None = None
+    """The front door's: shard k (1..N-1) listens on ``shard_ports + k - 1``; None: free ports."""
     log_level: str = "INFO"
 
 
@@ -140,6 +142,7 @@ class SupervisorServer:
             index=index,
             count=c.shards,
             front_port=self.port,
+            port=c.shard_ports + index - 1 if c.shard_ports else 0,
             host=c.host,
             db=c.db,
             policy_config=c.policy_config,

@@ -308,6 +308,7 @@ def child_argv(
     index: int,
     count: int,
     front_port: int,
+    port: int,
     host: str,
     db: Path,
     policy_config: Path | None,
@@ -316,8 +317,9 @@ def child_argv(
     max_metric_messages: float,
     log_level: str,
 ) -> list[str]:
-    """The command line of shard ``index``: a ``serve`` of its own, on a free port, without an HTTP gateway."""
-    argv = [sys.executable, "-m", "supervisor", "serve", "--host", host, "--port", "0", "--no-http",
+    """The command line of shard ``index``: a ``serve`` of its own on ``port`` (0: a free one), without an HTTP
+    gateway."""
+    argv = [sys.executable, "-m", "supervisor", "serve", "--host", host, "--port", str(port), "--no-http",
             "--db", str(shard_db(db, index)), "--shard", f"{index}/{count}", "--front-port", str(front_port),
             "--max-metric-messages", repr(max_metric_messages), "--log-level", log_level]
     if policy_config is not None:

@@ -15,7 +15,7 @@ import pytest
 
 from policies import parse_config
 from supervisor.sharding import owner, shard_db
-from tests.conftest import SUPERVISOR, wait_until
+from tests.conftest import SUPERVISOR, free_port, wait_until
 from trainer_sdk._transport import redirect_target
 
 
@@ -155,7 +155,18 @@ def test_a_bad_shard_count_is_refused_by_name(tmp_path, value):
     assert not (tmp_path / "x.db").exists()
 
 
-def test_a_restart_with_fewer_shards_says_which_runs_it_no_longer_serves(tmp_path, supervisor_factory, trainers):
+def test_shards_listen_on_the_ports_given(tmp_path, supervisor_factory):
+    start = free_port()
+    log = tmp_path / "sup.log"
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2", "--shard-ports", str(start)), log=log)
+    assert f"shard 1 of 2 serves on port {start} " in log.read_text()
+    assert front.cli("runs", address=f"127.0.0.1:{start}").returncode == 0
+    refused = subprocess.run([*SUPERVISOR, "serve", "--shard-ports", "7000", "--db", str(tmp_path / "x.db")],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "--shard-ports needs --shards 2 or more" in refused.stderr
+
+
+def test_a_restart_with_more_shards_says_which_runs_moved_away(tmp_path, supervisor_factory, trainers):
     db = tmp_path / "sup.db"
     front = supervisor_factory(db, args=("--shards", "1"))
     moved = run_owned_by(1, 2, "moved")
@@ -180,3 +191,42 @@ def test_every_shard_requires_the_token_and_the_front_door_passes_it_on(tmp_path
     child_port = int(log.read_text().split("shard 1 of 2 serves on port ")[1].split()[0])
     direct = front.cli("runs", "--token", "wrong", check=False, address=f"127.0.0.1:{child_port}")
     assert direct.returncode != 0 and "missing or wrong token" in direct.stderr
+
+
+def relayed_line(front, prefix: str, timeout: float = 30.0) -> str:
+    """The first line of the front door's stdout starting with ``prefix`` (it passes on its shards' lines)."""
+    import threading
+
+    found: list[str] = [line for line in front.lines if line.startswith(prefix)]
+
+    def read() -> None:
+        while not found and (line := front.proc.stdout.readline()):
+            front.lines.append(line.strip())
+            if line.startswith(prefix):
+                found.append(line.strip())
+
+    if not found:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(timeout)
+    assert found, f"no line starting with {prefix!r}: {front.lines}"
+    return found[0]
+
+
+def test_every_shard_serves_its_runs_metrics(tmp_path, supervisor_factory, trainers):
+    import urllib.request
+
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2", "--metrics-port", "0"))
+    child_metrics = relayed_line(front, "shard 1: metrics on ").split()[-1]
+    front_metrics = next(line for line in front.lines if line.startswith("metrics on ")).split()[-1]
+    home, away = run_owned_by(0, 2, "home"), run_owned_by(1, 2, "away")
+    for name in (home, away):
+        trainers("--run", name, "--address", front.address, "--steps", "20").events()
+
+    def scrape(url: str) -> str:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read().decode()
+
+    front_text, child_text = scrape(front_metrics), scrape(child_metrics)
+    assert f'run="{home}"' in front_text and f'run="{away}"' not in front_text
+    assert f'run="{away}"' in child_text and f'run="{home}"' not in child_text
