@@ -47,6 +47,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = _parser(argv[0] if argv and argv[0] in COMMANDS else None)
@@ -153,6 +163,14 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
             default=1000.0,
             help="metric batches per second over all trainers (default 1000): each trainer is asked to send at "
             "most every (trainers / this) seconds, so the load stays bounded as trainers are added",
+        )
+        p.add_argument(
+            "--ack-delay",
+            type=_non_negative_float,
+            default=2.0,
+            metavar="SECONDS",
+            help="how late a trainer may hear that its points are stored, unless it waits for that (a flush with "
+            "a timeout, its close): receipts of a second's batches go together (default 2; 0: after every commit)",
         )
         p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
@@ -333,6 +351,7 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,
         max_metric_messages=args.max_metric_messages / args.shards,  # a child is given its share already
+        ack_delay=args.ack_delay,
         policy_config=None if args.config is None else Path(args.config),
         shards=args.shard[1] if args.shard else args.shards,
         shard=args.shard[0] if args.shard else 0,

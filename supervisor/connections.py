@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,12 +26,63 @@ class TrainerStream:
     peer: str
     outbox: asyncio.Queue[pb.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     stored_seq: int = 0
+    lazy_acks: bool = False
+    """The trainer's Hello said receipts may come late, together (see ``Receipts``)."""
+    acked_seq: int = 0
+    acked_at: float = 0.0
+    wanted_seq: int = 0
+    """The trainer waits for the receipt of every point up to this seq (its batch said ack_now)."""
 
     def send(self, message: pb.ConnectResponse) -> None:
         self.outbox.put_nowait(message)
 
+    def acknowledge(self, now: float) -> None:
+        """Tell the trainer what is stored, if it has not heard it yet."""
+        if self.stored_seq > self.acked_seq:
+            self.acked_seq, self.acked_at = self.stored_seq, now
+            self.send(pb.ConnectResponse(metrics_ack=pb.MetricsAck(seq=self.stored_seq)))
+
     def close(self) -> None:
         self.outbox.put_nowait(None)
+
+
+class Receipts:
+    """When to tell a trainer that its points are stored.
+
+    At once when it waits for it (a batch said ``ack_now``), and always for a
+    trainer whose Hello did not say ``lazy_acks``; otherwise at most every
+    ``delay`` seconds, one MetricsAck for every batch stored meanwhile. A
+    trainer that sends a batch a second then gets a receipt every other second,
+    and a supervisor with a thousand of them writes half the messages, while no
+    point waits longer to be stored and the trainer's buffer holds them until
+    the receipt (``delay`` is also how late a receipt may be).
+    """
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self._late: set[TrainerStream] = set()
+
+    def stored(self, stream: TrainerStream, now: float) -> None:
+        """``stream.stored_seq`` moved: acknowledge now, or within ``delay``."""
+        if not stream.lazy_acks or stream.wanted_seq > stream.acked_seq or now - stream.acked_at >= self.delay:
+            stream.acknowledge(now)
+            self._late.discard(stream)
+        else:
+            self._late.add(stream)
+
+    def forget(self, stream: TrainerStream) -> None:
+        self._late.discard(stream)
+
+    async def run(self) -> None:
+        """Send the receipts that waited ``delay``."""
+        tick = min(max(self.delay / 4, 0.05), 0.5)
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            due = [stream for stream in self._late if now - stream.acked_at >= self.delay]
+            for stream in due:
+                self._late.discard(stream)
+                stream.acknowledge(now)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from supervisor.batches import from_wire
-from supervisor.connections import IngestItem, IngestWriter, TrainerStream
+from supervisor.connections import IngestItem, IngestWriter, Receipts, TrainerStream
 from supervisor.runs import RefusedChange, RunState, SupervisorError, UnknownRun, param_from_dict, param_to_dict
 from supervisor.storage import ChangeRow, Database, Store
 from trainer_sdk import _wire
@@ -40,8 +40,11 @@ class _NoMetrics:
 
 
 class Supervisor:
-    def __init__(self, db: Database, *, metrics: Any = None, max_metric_messages: float = 1000.0) -> None:
-        """``max_metric_messages``: metric batches per second over all trainers (see ``pacing``)."""
+    def __init__(
+        self, db: Database, *, metrics: Any = None, max_metric_messages: float = 1000.0, ack_delay: float = 2.0
+    ) -> None:
+        """``max_metric_messages``: metric batches per second over all trainers (see ``pacing``);
+        ``ack_delay``: how late a receipt of stored points may come when the trainer does not wait for it."""
         if not max_metric_messages > 0:
             raise ValueError(f"max_metric_messages must be positive, got {max_metric_messages}")
         self.db = db
@@ -53,6 +56,8 @@ class Supervisor:
         self.policies: Any = None  # a PolicyHost, attached by the server when configured
         self._create_lock = asyncio.Lock()
         self.writer = IngestWriter(db, self._stored)
+        self.receipts = Receipts(ack_delay)
+        self._receipts_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for row in await self.db.read(Store.load_runs):
@@ -75,9 +80,12 @@ class Supervisor:
             self.metrics.set_param_values(run.name, run.values)
             self.metrics.run_finished(run.name)  # not connected: retired after the retention unless it returns
         self.writer.start()
+        self._receipts_task = asyncio.create_task(self.receipts.run(), name="receipts")
 
     async def stop(self) -> None:
         await self.writer.stop()
+        if self._receipts_task is not None:
+            self._receipts_task.cancel()
 
     def get(self, name: str) -> RunState:
         run = self.runs.get(name)
@@ -165,6 +173,8 @@ class Supervisor:
                 last_seq=last_seq,
                 peer=peer,
                 stored_seq=last_seq,
+                acked_seq=last_seq,  # the Welcome says it
+                lazy_acks=hello.lazy_acks and self.receipts.delay > 0,
             )
             send.append(pb.ConnectResponse(welcome=pb.Welcome(version=run.version, last_seq=last_seq, adopted=adopted)))
             if hello.version < run.version:
@@ -267,6 +277,7 @@ class Supervisor:
         return pb.ConnectResponse(delta=delta)
 
     def close_session(self, stream: TrainerStream) -> None:
+        self.receipts.forget(stream)
         self._open_streams -= 1
         self._pace()
         run = self.runs.get(stream.run)
@@ -328,6 +339,11 @@ class Supervisor:
         run.last_seen = now
         if columns.seqs and columns.seqs[0] <= stream.last_seq:
             columns = columns.after(stream.last_seq)  # a resend after reconnecting
+        if batch.ack_now:  # the trainer waits for the receipt of everything it sent
+            stream.wanted_seq = max(stream.last_seq, columns.last_seq if columns.seqs else 0)
+            if not columns.seqs and stream.stored_seq >= stream.wanted_seq:
+                stream.acknowledge(time.monotonic())  # stored already; only its receipt was waiting
+                self.receipts.forget(stream)
         if not columns.seqs:
             return
         stream.last_seq = columns.last_seq
@@ -353,15 +369,18 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while stream.stored_seq < stream.last_seq and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
+        stream.acknowledge(time.monotonic())  # a receipt held back for later goes now
+        self.receipts.forget(stream)
 
     async def _stored(self, items: list[IngestItem]) -> None:
         stored: dict[TrainerStream, int] = {}
         for item in items:
             stored[item.stream] = max(stored.get(item.stream, 0), item.columns.last_seq)
-        for stream, seq in stored.items():  # one acknowledgement per stream per commit
+        now = time.monotonic()
+        for stream, seq in stored.items():  # at most one receipt per stream per commit
             if seq > stream.stored_seq:
                 stream.stored_seq = seq
-                stream.send(pb.ConnectResponse(metrics_ack=pb.MetricsAck(seq=seq)))
+                self.receipts.stored(stream, now)
         if self.policies is not None:
             for item in items:
                 run = self.runs.get(item.run)

@@ -52,6 +52,8 @@ class ServerConfig:
     policy_config: Path | None = None
     max_metric_messages: float = 1000.0
     """Metric batches per second over all trainers; the supervisor paces trainers to stay under it."""
+    ack_delay: float = 2.0
+    """How late a trainer that does not wait for it may hear that its points are stored (0: at once)."""
     http_port: int | None = None
     """The operator HTTP/JSON gateway's port on ``host`` (0: a free one); None: no gateway."""
     http_optional: bool = False
@@ -103,7 +105,12 @@ class SupervisorServer:
             from supervisor.observability import SupervisorMetrics
 
             self.metrics = SupervisorMetrics()
-        self.core = Supervisor(self.db, metrics=self.metrics, max_metric_messages=config.max_metric_messages)
+        self.core = Supervisor(
+            self.db,
+            metrics=self.metrics,
+            max_metric_messages=config.max_metric_messages,
+            ack_delay=config.ack_delay,
+        )
         self.policy_host: Any = None
         if config.policy_config is not None:
             from supervisor.policy_host import PolicyHost
@@ -149,6 +156,7 @@ class SupervisorServer:
             metrics_host=c.metrics_host,
             metrics_port=c.metrics_port,
             max_metric_messages=c.max_metric_messages,
+            ack_delay=c.ack_delay,
             log_level=c.log_level,
         )
 

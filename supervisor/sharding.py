@@ -315,13 +315,15 @@ def child_argv(
     metrics_host: str | None,
     metrics_port: int | None,
     max_metric_messages: float,
+    ack_delay: float,
     log_level: str,
 ) -> list[str]:
     """The command line of shard ``index``: a ``serve`` of its own on ``port`` (0: a free one), without an HTTP
     gateway."""
     argv = [sys.executable, "-m", "supervisor", "serve", "--host", host, "--port", str(port), "--no-http",
             "--db", str(shard_db(db, index)), "--shard", f"{index}/{count}", "--front-port", str(front_port),
-            "--max-metric-messages", repr(max_metric_messages), "--log-level", log_level]
+            "--max-metric-messages", repr(max_metric_messages), "--ack-delay", repr(ack_delay),
+            "--log-level", log_level]
     if policy_config is not None:
         argv += ["--config", str(policy_config)]
     if metrics_port is not None:

@@ -131,6 +131,8 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 transport.points_received += len(points)
                 if points:
                     state.last_step = points[-1][0]
+            if ship == SHIP_AND_TELL:
+                transport.want_ack()  # a flush waits for the receipt
             if ship != SHIP_IN_TIME:
                 transport.request_flush()
             elif state.pump_idle:

@@ -95,6 +95,8 @@ class Transport:
         self._flush_now = False
         self._rehello = False  # reconnect to send a fresh Hello (see SessionState.resync)
         self._route: str | None = None  # the process that owns the run, when a sharded supervisor redirected us
+        self._ack_wanted = False  # someone waits to hear that every point is stored: batches say ack_now
+        self._ack_asked = False  # ... and a message since then said so
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
 
@@ -143,6 +145,8 @@ class Transport:
     def flush(self, timeout: float | None) -> bool:
         """Send what is queued now; wait until the supervisor stored it, or ``timeout`` passed."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if timeout != 0:
+            self.want_ack()
         self.request_flush()
         while not self.flushed():
             if deadline is not None and time.monotonic() >= deadline:
@@ -151,6 +155,13 @@ class Transport:
         return True
 
     # -- pump thread -----------------------------------------------------------------
+
+    def want_ack(self) -> None:
+        """Someone waits to hear that every point is stored: ask the supervisor to say so at once, not
+        within its ack delay (the session says ``lazy_acks``: receipts may otherwise come late, together)."""
+        with self._send_lock:
+            self._ack_wanted = True
+            self._ack_asked = False
 
     def request_flush(self) -> None:
         """Send every queued point now instead of at the next flush interval."""
@@ -222,14 +233,15 @@ class Transport:
                 ack = state.acks.popleft()
                 outbox.put(pb.ConnectRequest(applied=pb.Applied(version=ack.version, step=ack.step, time=ack.time)))
             unacked = self._unacked
-            if unacked and unacked[-1][0] > self._sent_seq and not self._metrics_queued:
+            unsent = unacked and unacked[-1][0] > self._sent_seq
+            if (unsent or unacked and self._ack_wanted and not self._ack_asked) and not self._metrics_queued:
                 self._metrics_queued = True
-                outbox.put(_METRICS)  # the sender builds the batch when gRPC can take it
+                outbox.put(_METRICS)  # the sender builds the batch (or the bare request) when gRPC can take it
             if self._goodbye is not None and not state.queue:
                 outbox.put(pb.ConnectRequest(goodbye=self._goodbye))
                 self._goodbye = None
 
-    def _batch(self, points: list[tuple[int, int, float, dict[str, float]]]) -> pb.ConnectRequest:
+    def _batch(self, points: list[tuple[int, int, float, dict[str, float]]], ack_now: bool) -> pb.ConnectRequest:
         """Consecutive points as columns: building them costs a fraction of one message per point."""
         index: dict[str, int] = {}
         steps, times, counts, name_indexes, values = [], [], [], [], []
@@ -253,6 +265,7 @@ class Transport:
                 name_indexes=name_indexes,
                 values=values,
                 dropped_total=self.dropped,
+                ack_now=ack_now,
             )
         )
 
@@ -358,6 +371,7 @@ class Transport:
                 sdk_version=_sdk_version(),
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
+                lazy_acks=True,
             )
         )
         while (message := outbox.get()) is not _CLOSE:
@@ -382,10 +396,18 @@ class Transport:
                 return []
             start = max(0, self._sent_seq + 1 - unacked[0][0])
             points = list(itertools.islice(unacked, start, None))
-            if points:
-                self._sent_seq = points[-1][0]
+            if not points:
+                if self._ack_wanted and not self._ack_asked:  # everything is sent: ask for the receipt alone
+                    self._ack_asked = True
+                    return [pb.ConnectRequest(metrics=pb.MetricBatch(ack_now=True, dropped_total=self.dropped))]
+                return []
+            self._sent_seq = points[-1][0]
+            # At half the buffer, ask for the receipt rather than risk dropping points it would free.
+            ack_now = self._ack_wanted or len(unacked) > self.state.buffer_size // 2
+            self._ack_asked |= ack_now
         return [
-            self._batch(points[i : i + MAX_POINTS_PER_MESSAGE]) for i in range(0, len(points), MAX_POINTS_PER_MESSAGE)
+            self._batch(points[i : i + MAX_POINTS_PER_MESSAGE], ack_now)
+            for i in range(0, len(points), MAX_POINTS_PER_MESSAGE)
         ]
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
@@ -395,6 +417,7 @@ class Transport:
             self._stored_up_to(welcome.last_seq)
             self._drop_in_doubt()  # the supervisor never stored them, and they are gone here
             self._sent_seq = welcome.last_seq  # resend everything after it
+            self._ack_asked = False  # a request in the old stream is lost with it
             self._outbox = outbox
             self._metrics_queued = False  # the old outbox, and any token in it, is gone
         self.connected.set()
@@ -431,6 +454,8 @@ class Transport:
         unacked = self._unacked
         while unacked and unacked[0][0] <= seq:
             unacked.popleft()
+        if not unacked:
+            self._ack_wanted = self._ack_asked = False  # told: everything sent is stored
         in_doubt = self._in_doubt
         while in_doubt and in_doubt[0] <= seq:
             in_doubt.popleft()
@@ -453,6 +478,7 @@ class Transport:
         """Flush, say goodbye, and stop; True if every point was stored in time."""
         deadline = time.monotonic() + timeout
         self._goodbye = pb.Goodbye(outcome=outcome)
+        self.want_ack()
         self.request_flush()
         while (
             time.monotonic() < deadline

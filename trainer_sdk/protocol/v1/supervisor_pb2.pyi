@@ -93,7 +93,7 @@ class ConnectRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., applied: _Optional[_Union[Applied, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("run", "rank", "world_size", "session_id", "params", "values", "version", "sdk_version", "hostname", "pid")
+    __slots__ = ("run", "rank", "world_size", "session_id", "params", "values", "version", "sdk_version", "hostname", "pid", "lazy_acks")
     class ValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -111,6 +111,7 @@ class Hello(_message.Message):
     SDK_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
+    LAZY_ACKS_FIELD_NUMBER: _ClassVar[int]
     run: str
     rank: int
     world_size: int
@@ -121,7 +122,8 @@ class Hello(_message.Message):
     sdk_version: str
     hostname: str
     pid: int
-    def __init__(self, run: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., session_id: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., values: _Optional[_Mapping[str, ParamValue]] = ..., version: _Optional[int] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ...) -> None: ...
+    lazy_acks: bool
+    def __init__(self, run: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., session_id: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., values: _Optional[_Mapping[str, ParamValue]] = ..., version: _Optional[int] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., lazy_acks: _Optional[bool] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("seq", "step", "time", "values")
@@ -143,7 +145,7 @@ class MetricPoint(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("points", "dropped_total", "first_seq", "steps", "times", "value_counts", "names", "name_indexes", "values")
+    __slots__ = ("points", "dropped_total", "first_seq", "steps", "times", "value_counts", "names", "name_indexes", "values", "ack_now")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class MetricBatch(_message.Message):
     NAMES_FIELD_NUMBER: _ClassVar[int]
     NAME_INDEXES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    ACK_NOW_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     dropped_total: int
     first_seq: int
@@ -162,7 +165,8 @@ class MetricBatch(_message.Message):
     names: _containers.RepeatedScalarFieldContainer[str]
     name_indexes: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ..., first_seq: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., times: _Optional[_Iterable[float]] = ..., value_counts: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ..., name_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ...) -> None: ...
+    ack_now: bool
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ..., first_seq: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., times: _Optional[_Iterable[float]] = ..., value_counts: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ..., name_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., ack_now: _Optional[bool] = ...) -> None: ...
 
 class Applied(_message.Message):
     __slots__ = ("version", "step", "time")
