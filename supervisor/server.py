@@ -144,21 +144,7 @@ class SupervisorServer:
                 self.shards = ShardProcesses(self.router, self._child_argv, child_env(config.token))
 
     def _child_argv(self, index: int) -> list[str]:
-        c = self.config
-        return child_argv(
-            index=index,
-            count=c.shards,
-            front_port=self.port,
-            port=c.shard_ports + index - 1 if c.shard_ports else 0,
-            host=c.host,
-            db=c.db,
-            policy_config=c.policy_config,
-            metrics_host=c.metrics_host,
-            metrics_port=c.metrics_port,
-            max_metric_messages=c.max_metric_messages,
-            ack_delay=c.ack_delay,
-            log_level=c.log_level,
-        )
+        return child_argv(self.config, index, front_port=self.port)
 
     async def start(self) -> None:
         if self.shards is not None:  # before this one serves: it redirects trainers to them

@@ -30,7 +30,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,6 +38,9 @@ from policies import PolicyBinding
 from supervisor.services import OperatorService, run_info
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from supervisor.server import ServerConfig
 
 log = logging.getLogger("supervisor")
 
@@ -157,30 +160,25 @@ class RoutedOperatorService(OperatorService):
         runs.sort(key=lambda info: info.run)
         return pb.ListRunsResponse(runs=runs)
 
-    async def SetParams(self, request: pb.SetParamsRequest, context: Any) -> pb.SetParamsResponse:
+    async def _route(self, method: str, request: Any, context: Any) -> Any:
         if self._local(request):
-            return await super().SetParams(request, context)
-        return await self._forward("SetParams", request, context)
+            return await getattr(super(), method)(request, context)
+        return await self._forward(method, request, context)
+
+    async def SetParams(self, request: pb.SetParamsRequest, context: Any) -> pb.SetParamsResponse:
+        return await self._route("SetParams", request, context)
 
     async def FireTrigger(self, request: pb.FireTriggerRequest, context: Any) -> pb.FireTriggerResponse:
-        if self._local(request):
-            return await super().FireTrigger(request, context)
-        return await self._forward("FireTrigger", request, context)
+        return await self._route("FireTrigger", request, context)
 
     async def ReleaseParams(self, request: pb.ReleaseParamsRequest, context: Any) -> pb.ReleaseParamsResponse:
-        if self._local(request):
-            return await super().ReleaseParams(request, context)
-        return await self._forward("ReleaseParams", request, context)
+        return await self._route("ReleaseParams", request, context)
 
     async def GetHistory(self, request: pb.GetHistoryRequest, context: Any) -> pb.GetHistoryResponse:
-        if self._local(request):
-            return await super().GetHistory(request, context)
-        return await self._forward("GetHistory", request, context)
+        return await self._route("GetHistory", request, context)
 
     async def GetMetrics(self, request: pb.GetMetricsRequest, context: Any) -> pb.GetMetricsResponse:
-        if self._local(request):
-            return await super().GetMetrics(request, context)
-        return await self._forward("GetMetrics", request, context)
+        return await self._route("GetMetrics", request, context)
 
 
 @dataclass
@@ -303,31 +301,18 @@ def child_env(token: str | None) -> dict[str, str]:
     return env
 
 
-def child_argv(
-    *,
-    index: int,
-    count: int,
-    front_port: int,
-    port: int,
-    host: str,
-    db: Path,
-    policy_config: Path | None,
-    metrics_host: str | None,
-    metrics_port: int | None,
-    max_metric_messages: float,
-    ack_delay: float,
-    log_level: str,
-) -> list[str]:
-    """The command line of shard ``index``: a ``serve`` of its own on ``port`` (0: a free one), without an HTTP
-    gateway."""
-    argv = [sys.executable, "-m", "supervisor", "serve", "--host", host, "--port", str(port), "--no-http",
-            "--db", str(shard_db(db, index)), "--shard", f"{index}/{count}", "--front-port", str(front_port),
-            "--max-metric-messages", repr(max_metric_messages), "--ack-delay", repr(ack_delay),
-            "--log-level", log_level]
-    if policy_config is not None:
-        argv += ["--config", str(policy_config)]
-    if metrics_port is not None:
-        argv += ["--metrics-port", str(metrics_port + index if metrics_port else 0)]
-        if metrics_host:
-            argv += ["--metrics-host", metrics_host]
+def child_argv(config: ServerConfig, index: int, front_port: int) -> list[str]:
+    """The command line of shard ``index``: a ``serve`` of its own (on ``--shard-ports``' port for it, or a free
+    one), without an HTTP gateway, given the front door's settings."""
+    port = config.shard_ports + index - 1 if config.shard_ports else 0
+    argv = [sys.executable, "-m", "supervisor", "serve", "--host", config.host, "--port", str(port), "--no-http",
+            "--db", str(shard_db(config.db, index)), "--shard", f"{index}/{config.shards}",
+            "--front-port", str(front_port), "--max-metric-messages", repr(config.max_metric_messages),
+            "--ack-delay", repr(config.ack_delay), "--log-level", config.log_level]
+    if config.policy_config is not None:
+        argv += ["--config", str(config.policy_config)]
+    if config.metrics_port is not None:
+        argv += ["--metrics-port", str(config.metrics_port + index if config.metrics_port else 0)]
+        if config.metrics_host:
+            argv += ["--metrics-host", config.metrics_host]
     return argv
