@@ -73,7 +73,8 @@ class Stream:
         return pb.ConnectRequest(hello=pb.Hello(
             run=self.run, rank=0, world_size=1, session_id=uuid.uuid4().hex, params=PARAMS,
             values={"lr": pb.ParamValue(float_value=0.05), "weight_decay": pb.ParamValue(float_value=0.0)},
-            version=0, sdk_version="bench-loadgen", hostname="bench", pid=os.getpid(), lazy_acks=True))
+            version=0, sdk_version="bench-loadgen", hostname="bench", pid=os.getpid(), lazy_acks=True,
+            follows_redirects=True))
 
     async def requests(self) -> Any:
         queue = self.queue  # this stream's: a Redirect gives the next stream a new one

@@ -37,21 +37,22 @@ class UsageError(Exception):
     pass
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _positive_float(text: str) -> float:
+    value = _number(text)
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
 
 
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+def _seconds(text: str) -> float:
+    value = _number(text)
     if not 0 <= value <= 3600:
         raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, got {text}")
     return value
@@ -166,7 +167,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--ack-delay",
-            type=_non_negative_float,
+            type=_seconds,
             default=2.0,
             metavar="SECONDS",
             help="how late a trainer may hear that its points are stored, unless it waits for that (a flush with "
@@ -193,6 +194,8 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument("--shard", type=_shard_of, default=None, help=argparse.SUPPRESS)  # a child: "K/N"
         p.add_argument("--front-port", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's port
+        p.add_argument("--front-pid", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's pid
+        p.add_argument("--routing", default=None, help=argparse.SUPPRESS)  # a child: shard 0's population rules
         p.add_argument("--log-level", default="INFO")
         p.set_defaults(func=_serve)
 
@@ -295,6 +298,26 @@ def _columns() -> int:
 # -- serve --------------------------------------------------------------------------------------
 
 
+def _shard_ports_problem(args: argparse.Namespace) -> str | None:
+    """Why ``--shard-ports`` cannot be used with the other ports, or None."""
+    if args.shards < 2:
+        return "--shard-ports needs --shards 2 or more"
+    first, last = args.shard_ports, args.shard_ports + args.shards - 2  # shards 1..N-1
+    if not 0 < first <= last < 65536:
+        return f"--shard-ports {first} with --shards {args.shards} needs ports {first} to {last}, between 1 and 65535"
+    taken = {args.port: "--port"}
+    if not args.no_http:
+        http = args.http_port if args.http_port is not None else args.port + 1
+        taken[http] = "--http-port (default: --port + 1)"
+    if args.metrics_port:
+        for i in range(args.shards):
+            taken[args.metrics_port + i] = "--metrics-port + i (each shard's /metrics)"
+    clash = next((port for port in range(first, last + 1) if port in taken), None)
+    if clash is not None:
+        return f"--shard-ports {first} to {last} include port {clash}, which is {taken[clash]}: choose other ports"
+    return None
+
+
 def _shard_count(text: str) -> int:
     try:
         count = int(text)
@@ -322,16 +345,11 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from supervisor.server import ServerConfig, serve
+    from supervisor.sharding import rules_from_text
 
-    if args.shard_ports is not None:
-        last = args.shard_ports + args.shards - 2  # shards 1..N-1
-        if args.shards < 2:
-            print("error: --shard-ports needs --shards 2 or more", file=sys.stderr)
-            return 2
-        if not 0 < args.shard_ports <= last < 65536:
-            print(f"error: --shard-ports {args.shard_ports} with --shards {args.shards} needs ports "
-                  f"{args.shard_ports} to {last}, between 1 and 65535", file=sys.stderr)
-            return 2
+    if args.shard_ports is not None and (problem := _shard_ports_problem(args)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.no_http:
         http_port, http_optional = None, False
     elif args.http_port is not None:
@@ -356,6 +374,8 @@ def _serve(args: argparse.Namespace) -> int:
         shards=args.shard[1] if args.shard else args.shards,
         shard=args.shard[0] if args.shard else 0,
         front_port=args.front_port,
+        front_pid=args.front_pid,
+        routing=None if args.routing is None else rules_from_text(args.routing),
         shard_ports=args.shard_ports,
         log_level=args.log_level,
     )

@@ -80,7 +80,8 @@ class Supervisor:
             self.metrics.set_param_values(run.name, run.values)
             self.metrics.run_finished(run.name)  # not connected: retired after the retention unless it returns
         self.writer.start()
-        self._receipts_task = asyncio.create_task(self.receipts.run(), name="receipts")
+        if self.receipts.delay > 0:
+            self._receipts_task = asyncio.create_task(self.receipts.run(), name="receipts")
 
     async def stop(self) -> None:
         await self.writer.stop()
@@ -342,8 +343,7 @@ class Supervisor:
         if batch.ack_now:  # the trainer waits for the receipt of everything it sent
             stream.wanted_seq = max(stream.last_seq, columns.last_seq if columns.seqs else 0)
             if not columns.seqs and stream.stored_seq >= stream.wanted_seq:
-                stream.acknowledge(time.monotonic())  # stored already; only its receipt was waiting
-                self.receipts.forget(stream)
+                self.receipts.now(stream)  # stored already; only its receipt was waiting
         if not columns.seqs:
             return
         stream.last_seq = columns.last_seq
@@ -369,8 +369,7 @@ class Supervisor:
         deadline = time.monotonic() + timeout
         while stream.stored_seq < stream.last_seq and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
-        stream.acknowledge(time.monotonic())  # a receipt held back for later goes now
-        self.receipts.forget(stream)
+        self.receipts.now(stream)  # a receipt held back for later goes now
 
     async def _stored(self, items: list[IngestItem]) -> None:
         stored: dict[TrainerStream, int] = {}

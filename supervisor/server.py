@@ -20,7 +20,14 @@ from supervisor import gc_tuning
 from supervisor.core import Supervisor
 from supervisor.http_gateway import HttpGateway
 from supervisor.services import UNAUTHENTICATED_DETAILS, OperatorService, TrainerService
-from supervisor.sharding import RoutedOperatorService, Router, ShardProcesses, child_argv, child_env
+from supervisor.sharding import (
+    PopulationRule,
+    RoutedOperatorService,
+    Router,
+    ShardProcesses,
+    child_argv,
+    child_env,
+)
 from supervisor.storage import Database
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -64,6 +71,10 @@ class ServerConfig:
     """0: the front door, which starts the others; above 0: a child started by the front door."""
     front_port: int | None = None
     """A child's: the front door's gRPC port, where it sends trainers of runs it does not own."""
+    front_pid: int | None = None
+    """A child's: the front door's pid; the child stops when it is no longer its parent."""
+    routing: list[PopulationRule] | None = None
+    """A child's: the front door's population rules, so that every process agrees who owns a run."""
     shard_ports: int | None = None
     """The front door's: shard k (1..N-1) listens on ``shard_ports + k - 1``; None: free ports."""
     log_level: str = "INFO"
@@ -119,12 +130,11 @@ class SupervisorServer:
         self.router: Router | None = None
         if config.shards > 1:
             bindings = self.policy_host.engine.bindings if self.policy_host is not None else []
+            rules = config.routing
+            if rules is None:
+                rules = [PopulationRule.of(b) for b in bindings if b.scope == "population"]
             self.router = Router(
-                index=config.shard,
-                count=config.shards,
-                population=[b for b in bindings if b.scope == "population"],
-                host=config.host,
-                token=config.token,
+                index=config.shard, count=config.shards, population=rules, host=config.host, token=config.token
             )
         interceptors = [TokenAuth(config.token)] if config.token else []
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
@@ -144,7 +154,8 @@ class SupervisorServer:
                 self.shards = ShardProcesses(self.router, self._child_argv, child_env(config.token))
 
     def _child_argv(self, index: int) -> list[str]:
-        return child_argv(self.config, index, front_port=self.port)
+        assert self.router is not None
+        return child_argv(self.config, index, front_port=self.port, rules=self.router.population)
 
     async def start(self) -> None:
         if self.shards is not None:  # before this one serves: it redirects trainers to them
@@ -220,9 +231,10 @@ async def _set_health(servicer: Any, status: int) -> None:
             await result
 
 
-async def _stop_when_orphaned(stop: asyncio.Event, interval: float = 1.0) -> None:
-    """A child shard stops when the front door that started it is gone, however it went."""
-    parent = os.getppid()
+async def _stop_when_orphaned(stop: asyncio.Event, front_pid: int | None, interval: float = 1.0) -> None:
+    """A child shard stops when the front door that started it is gone, however it went (even before the
+    child was serving: the front door's pid comes on its command line)."""
+    parent = front_pid or os.getppid()
     while os.getppid() == parent:
         await asyncio.sleep(interval)
     log.error("the front door (pid %d) is gone; stopping", parent)
@@ -244,12 +256,14 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
             await server.policy_host.reload()
             gc_tuning.unfreeze()
 
-    if server.policy_host is not None or server.shards is not None:
+    if server.policy_host is not None or config.shards > 1:  # a child without policies must not die of it
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(hangup()))
     await server.start()
     gc_tuning.tune_collector()
     collector = asyncio.create_task(gc_tuning.collect_periodically(), name="gc")
-    orphan_watch = asyncio.create_task(_stop_when_orphaned(stop), name="parent") if config.shard > 0 else None
+    orphan_watch = None
+    if config.shard > 0:
+        orphan_watch = asyncio.create_task(_stop_when_orphaned(stop, config.front_pid), name="parent")
     if server.http_url is not None:  # before the listening line: whoever waits for that one finds it
         print(f"http gateway on {server.http_url}", flush=True)
     print(f"listening on {config.host}:{server.port}", flush=True)

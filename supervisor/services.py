@@ -55,8 +55,7 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message of a Connect stream must be a hello"
             )
-        if self.router is not None and (redirect := self.router.redirect(first.hello.run)) is not None:
-            await context.write(pb.ConnectResponse(redirect=redirect))
+        if self.router is not None and await self._redirected(first.hello, context):
             return
         stream, _run, initial = await _call(
             context, self.core.metrics, lambda: self.core.open_session(first.hello, context.peer())
@@ -73,6 +72,23 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
         finally:
             reader.cancel()
             self.core.close_session(stream)
+
+    async def _redirected(self, hello: pb.Hello, context: grpc.aio.ServicerContext) -> bool:
+        """Send a trainer of another shard's run there; True if it was (or was refused)."""
+        try:
+            redirect = self.router.redirect(hello.run)
+        except SupervisorError as exc:  # its shard is restarting: the trainer retries, as after an outage
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if redirect is None:
+            return False
+        if not hello.follows_redirects:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {hello.run!r} is served by another process of this sharded supervisor (port {redirect.port}), "
+                f"and this trainer_sdk ({hello.sdk_version or 'unknown version'}) cannot follow it there: upgrade it",
+            )
+        await context.write(pb.ConnectResponse(redirect=redirect))
+        return True
 
     async def _read(self, stream: Any, context: grpc.aio.ServicerContext) -> None:
         try:

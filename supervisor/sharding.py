@@ -17,15 +17,23 @@ How:
   ``ListRuns`` asks every shard;
 * a trainer that loses a redirected connection goes back to the front door,
   which redirects it again (to a restarted shard's new port, for one).
+
+Every process routes by the front door's rules, handed to the children on their
+command line, so a policies file edited while a child restarts cannot make two
+processes disagree about who owns a run. Children never forward: a call that
+reaches one for another shard's run is refused with the front door's port.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fnmatch
+import json
 import logging
 import os
 import signal
 import sys
+import time
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from policies import PolicyBinding
+from supervisor.runs import SupervisorError
 from supervisor.services import OperatorService, run_info
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
@@ -45,18 +54,47 @@ if TYPE_CHECKING:
 log = logging.getLogger("supervisor")
 
 START_TIMEOUT = 60.0
-"""Seconds a child shard may take to start serving before the front door gives up."""
+"""Seconds a child shard may take to start serving before the front door gives up on it."""
+FORWARD_TIMEOUT = 30.0
+"""Seconds a forwarded call may take when its caller set no deadline (an HTTP call), beyond its own wait."""
 
 
-def owner(run: str, shards: int, population: Iterable[PolicyBinding] = ()) -> int:
-    """The shard (0..shards-1) that owns ``run``: by the first population binding it matches, else by name.
+class ShardUnavailable(SupervisorError):
+    """The shard that owns a run is not serving right now (restarting); the caller should retry."""
+
+
+@dataclass(frozen=True)
+class PopulationRule:
+    """A population policy's runs, which stay together in the shard its id hashes to."""
+
+    id: str
+    globs: tuple[str, ...]
+
+    def matches(self, run: str) -> bool:
+        return any(fnmatch.fnmatchcase(run, glob) for glob in self.globs)
+
+    @classmethod
+    def of(cls, binding: PolicyBinding) -> PopulationRule:
+        return cls(binding.id, (binding.runs,) if isinstance(binding.runs, str) else tuple(binding.runs))
+
+
+def rules_to_text(rules: Sequence[PopulationRule]) -> str:
+    return json.dumps([[rule.id, list(rule.globs)] for rule in rules])
+
+
+def rules_from_text(text: str) -> list[PopulationRule]:
+    return [PopulationRule(id, tuple(globs)) for id, globs in json.loads(text)]
+
+
+def owner(run: str, shards: int, population: Iterable[PopulationRule | PolicyBinding] = ()) -> int:
+    """The shard (0..shards-1) that owns ``run``: by the first population rule it matches, else by name.
 
     CRC-32 rather than ``hash()``: every process, and every restart, must agree.
     """
     key = run
-    for binding in population:
-        if binding.matches(run):
-            key = "\0policy:" + binding.id  # a population's runs stay together
+    for rule in population:
+        if rule.matches(run):
+            key = "\0policy:" + rule.id  # a population's runs stay together
             break
     return zlib.crc32(key.encode()) % shards
 
@@ -72,7 +110,7 @@ class Router:
 
     index: int
     count: int
-    population: Sequence[PolicyBinding] = ()
+    population: Sequence[PopulationRule] = ()
     ports: dict[int, int] = field(default_factory=dict)
     """Shard -> gRPC port on this host; a child knows only the front door's (shard 0)."""
     host: str = "127.0.0.1"
@@ -83,24 +121,31 @@ class Router:
         return owner(run, self.count, self.population)
 
     def redirect(self, run: str) -> pb.Redirect | None:
-        """Where a trainer of ``run`` should connect instead; None when this shard owns it."""
+        """Where a trainer of ``run`` should connect instead; None when this shard owns it.
+
+        A child sends trainers of other shards' runs to the front door, which knows every shard's port.
+        Raises ShardUnavailable when the owner is restarting.
+        """
         shard = self.owner(run)
         if shard == self.index:
             return None
-        return pb.Redirect(port=self.ports.get(shard, self.ports[0]))
+        port = self.ports.get(shard if self.index == 0 else 0)
+        if port is None:
+            raise ShardUnavailable(f"shard {shard}, which serves run {run!r}, is restarting; try again shortly")
+        return pb.Redirect(port=port)
 
-    def stub(self, shard: int) -> pb_grpc.OperatorServiceStub | None:
-        """An operator stub for ``shard`` (a channel kept per shard and port); None if its port is unknown."""
+    def stub(self, shard: int) -> pb_grpc.OperatorServiceStub:
+        """The front door's operator stub for ``shard`` (a channel kept per shard and port)."""
         port = self.ports.get(shard)
         if port is None:
-            return None
+            raise ShardUnavailable(f"shard {shard} of this supervisor is restarting; try again shortly")
         cached = self._stubs.get(shard)
         if cached is not None and cached[0] == port:
             return cached[2]
-        if cached is not None:
+        if cached is not None:  # the shard restarted on another port
             asyncio.ensure_future(cached[1].close())
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        channel = grpc.aio.insecure_channel(f"{host}:{port}")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+        channel = grpc.aio.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         stub = pb_grpc.OperatorServiceStub(channel)
         self._stubs[shard] = (port, channel, stub)
         return stub
@@ -115,55 +160,57 @@ class Router:
         self._stubs.clear()
 
 
+def _deadline(request: Any, context: Any) -> float:
+    """Seconds a forwarded call may take: the caller's deadline, or for HTTP callers (none) a default that
+    leaves room for a ``set --wait``."""
+    remaining = getattr(context, "time_remaining", lambda: None)()
+    if remaining is not None:
+        return remaining
+    return FORWARD_TIMEOUT + (getattr(request, "timeout_seconds", 0.0) if getattr(request, "wait", False) else 0.0)
+
+
 class RoutedOperatorService(OperatorService):
-    """The operator API of one shard: its own runs served here, the others' forwarded to their owner."""
+    """The operator API of one shard: its own runs served here; at the front door, the others' forwarded."""
 
     def __init__(self, core: Any, router: Router) -> None:
         super().__init__(core)
         self.router = router
 
-    async def _forward(self, method: str, request: Any, context: Any) -> Any:
-        shard = self.router.owner(request.run)
-        stub = self.router.stub(shard)
-        if stub is None:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"run {request.run!r} belongs to shard {shard} of this supervisor; send operator calls to its "
-                f"front door (port {self.router.ports.get(0)})",
-            )
-        remaining = getattr(context, "time_remaining", lambda: None)()
+    async def _call_shard(self, shard: int, method: str, request: Any, context: Any) -> Any:
         try:
-            return await getattr(stub, method)(request, metadata=self.router.metadata, timeout=remaining)
+            call = getattr(self.router.stub(shard), method)
+            return await call(request, metadata=self.router.metadata, timeout=_deadline(request, context))
+        except ShardUnavailable as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         except grpc.aio.AioRpcError as exc:
-            code = exc.code()
             details = exc.details() or ""
-            if code == grpc.StatusCode.UNAVAILABLE:
-                details = f"shard {shard}, which owns run {request.run!r}, is unavailable: {details}"
-            await context.abort(code, details)
+            if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                details = f"shard {shard} of this supervisor did not answer: {details}"
+            await context.abort(exc.code(), details)
 
-    def _local(self, request: Any) -> bool:
-        return self.router.owner(request.run) == self.router.index
+    async def _route(self, method: str, request: Any, context: Any) -> Any:
+        shard = self.router.owner(request.run)
+        if shard == self.router.index:
+            return await getattr(super(), method)(request, context)
+        if self.router.index != 0:  # a child never forwards: no call can go round in a loop
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"run {request.run!r} belongs to shard {shard} of this supervisor; send operator calls to its front "
+                f"door (port {self.router.ports.get(0)})",
+            )
+        return await self._call_shard(shard, method, request, context)
 
     async def ListRuns(self, request: pb.ListRunsRequest, context: Any) -> pb.ListRunsResponse:
         here = self.router.index
         runs = [run_info(run) for run in self.core.list_runs(request.run_glob) if self.router.owner(run.name) == here]
-        if self.router.index != 0:
-            return pb.ListRunsResponse(runs=runs)  # a child answers for itself; the front door merges
-        others = [self.router.stub(shard) for shard in range(1, self.router.count)]
-        remaining = getattr(context, "time_remaining", lambda: None)()
-        calls = [s.ListRuns(request, metadata=self.router.metadata, timeout=remaining) for s in others if s]
-        try:
-            for answer in await asyncio.gather(*calls):
+        if here == 0:  # the front door asks every child; a child answers for itself
+            answers = await asyncio.gather(
+                *(self._call_shard(shard, "ListRuns", request, context) for shard in range(1, self.router.count))
+            )
+            for answer in answers:
                 runs.extend(answer.runs)
-        except grpc.aio.AioRpcError as exc:
-            await context.abort(exc.code(), f"a shard of this supervisor did not answer: {exc.details()}")
-        runs.sort(key=lambda info: info.run)
+            runs.sort(key=lambda info: info.run)
         return pb.ListRunsResponse(runs=runs)
-
-    async def _route(self, method: str, request: Any, context: Any) -> Any:
-        if self._local(request):
-            return await getattr(super(), method)(request, context)
-        return await self._forward(method, request, context)
 
     async def SetParams(self, request: pb.SetParamsRequest, context: Any) -> pb.SetParamsResponse:
         return await self._route("SetParams", request, context)
@@ -186,13 +233,14 @@ class ChildShard:
     index: int
     argv: list[str]
     process: asyncio.subprocess.Process | None = None
-    port: int | None = None
-    relay: asyncio.Task[None] | None = None
+    started: float = 0.0
+    output: asyncio.Task[None] | None = None
 
 
 class ShardProcesses:
-    """Shards 1..N-1 as child processes of the front door: started before it serves, restarted if they die,
-    stopped with it. Each child prints ``listening on HOST:PORT``; its other output is passed on, prefixed."""
+    """Shards 1..N-1 as child processes of the front door: started before it serves, restarted if they die
+    (after a pause that doubles while they keep dying young), stopped with it. Each child prints
+    ``listening on HOST:PORT``; its other output is passed on, prefixed."""
 
     def __init__(self, router: Router, argv_for: Any, env: dict[str, str]) -> None:
         self.router = router
@@ -210,27 +258,35 @@ class ShardProcesses:
         self._watch = asyncio.create_task(self._watch_children(), name="shards")
 
     async def _spawn(self, child: ChildShard) -> None:
-        child.process = await asyncio.create_subprocess_exec(
+        process = child.process = await asyncio.create_subprocess_exec(
             *child.argv,
             stdout=asyncio.subprocess.PIPE,
             stdin=asyncio.subprocess.DEVNULL,
             env=self._env,
             start_new_session=True,  # a terminal's Ctrl-C reaches the front door, which stops them in order
         )
-        assert child.process.stdout is not None
+        child.started = time.monotonic()
+        assert process.stdout is not None
+        listening: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        output = _pass_on(process.stdout, child.index, listening)
+        child.output = asyncio.create_task(output, name=f"shard-{child.index}")
         try:
-            port = await asyncio.wait_for(_listening_port(child.process.stdout, child.index), START_TIMEOUT)
-        except TimeoutError:
-            raise OSError(f"shard {child.index} did not start serving within {START_TIMEOUT:g}s") from None
-        if port is None:
-            code = await child.process.wait()
-            raise OSError(f"shard {child.index} exited with code {code} before serving (its error is above)")
-        child.port = port
+            port = await asyncio.wait_for(asyncio.shield(listening), START_TIMEOUT)
+        except BaseException as exc:
+            if process.returncode is None:  # never two processes on one shard's file
+                process.kill()
+            code = await process.wait()
+            if isinstance(exc, TimeoutError):
+                raise OSError(f"shard {child.index} did not start serving within {START_TIMEOUT:g}s") from None
+            if isinstance(exc, EOFError):
+                message = f"shard {child.index} exited with code {code} before serving (its error is above)"
+                raise OSError(message) from None
+            raise
         self.router.ports[child.index] = port
-        child.relay = asyncio.create_task(_relay(child.process.stdout, child.index), name=f"shard-{child.index}")
-        log.info("shard %d of %d serves on port %d (pid %d)", child.index, self.router.count, port, child.process.pid)
+        log.info("shard %d of %d serves on port %d (pid %d)", child.index, self.router.count, port, process.pid)
 
     async def _watch_children(self) -> None:
+        pause = 1.0
         while not self._stopping:
             waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process is not None}
             done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -241,16 +297,17 @@ class ShardProcesses:
                 if self._stopping:
                     return
                 self.router.ports.pop(child.index, None)
-                log.error("shard %d exited with code %s; restarting it", child.index, future.result())
-                delay = 1.0
+                pause = pause * 2 if time.monotonic() - child.started < 30 else 1.0  # dying young: wait longer
+                pause = min(pause, 30.0)
+                log.error("shard %d exited with code %s; restarting it in %.0fs", child.index, future.result(), pause)
                 while not self._stopping:
+                    await asyncio.sleep(pause)
                     try:
                         await self._spawn(child)
                         break
                     except OSError as exc:
-                        log.error("%s; retrying in %.0fs", exc, delay)
-                        await asyncio.sleep(delay)
-                        delay = min(delay * 2, 30.0)
+                        pause = min(pause * 2, 30.0)
+                        log.error("%s; retrying in %.0fs", exc, pause)
 
     def hangup(self) -> None:
         """Pass SIGHUP (reload the policies file) on to every child."""
@@ -272,25 +329,21 @@ class ShardProcesses:
                 log.error("shard pid %d did not stop within %gs; killing it", process.pid, timeout)
                 process.kill()
                 await process.wait()
-        for child in self.children:
-            if child.relay is not None:
-                await asyncio.gather(child.relay, return_exceptions=True)
+        await asyncio.gather(*(c.output for c in self.children if c.output is not None), return_exceptions=True)
         await self.router.close()
 
 
-async def _listening_port(stdout: asyncio.StreamReader, index: int) -> int | None:
-    """Pass the child's lines on until it says ``listening on HOST:PORT``; its port, or None if it exited first."""
+async def _pass_on(stdout: asyncio.StreamReader, index: int, listening: asyncio.Future[int]) -> None:
+    """Print a child's lines, prefixed; its ``listening on HOST:PORT`` line sets ``listening`` to the port
+    (EOFError if it exits first)."""
     while line := await stdout.readline():
         text = line.decode(errors="replace").rstrip()
-        if text.startswith("listening on "):
-            return int(text.rpartition(":")[2])
-        print(f"shard {index}: {text}", flush=True)
-    return None
-
-
-async def _relay(stdout: asyncio.StreamReader, index: int) -> None:
-    while line := await stdout.readline():
-        print(f"shard {index}: {line.decode(errors='replace').rstrip()}", flush=True)
+        if text.startswith("listening on ") and not listening.done():
+            listening.set_result(int(text.rpartition(":")[2]))
+        else:
+            print(f"shard {index}: {text}", flush=True)
+    if not listening.done():
+        listening.set_exception(EOFError())
 
 
 def child_env(token: str | None) -> dict[str, str]:
@@ -301,14 +354,15 @@ def child_env(token: str | None) -> dict[str, str]:
     return env
 
 
-def child_argv(config: ServerConfig, index: int, front_port: int) -> list[str]:
+def child_argv(config: ServerConfig, index: int, front_port: int, rules: Sequence[PopulationRule]) -> list[str]:
     """The command line of shard ``index``: a ``serve`` of its own (on ``--shard-ports``' port for it, or a free
-    one), without an HTTP gateway, given the front door's settings."""
+    one), without an HTTP gateway, given the front door's settings and routing rules."""
     port = config.shard_ports + index - 1 if config.shard_ports else 0
     argv = [sys.executable, "-m", "supervisor", "serve", "--host", config.host, "--port", str(port), "--no-http",
             "--db", str(shard_db(config.db, index)), "--shard", f"{index}/{config.shards}",
-            "--front-port", str(front_port), "--max-metric-messages", repr(config.max_metric_messages),
-            "--ack-delay", repr(config.ack_delay), "--log-level", config.log_level]
+            "--front-port", str(front_port), "--front-pid", str(os.getpid()), "--routing", rules_to_text(rules),
+            "--max-metric-messages", repr(config.max_metric_messages), "--ack-delay", repr(config.ack_delay),
+            "--log-level", config.log_level]
     if config.policy_config is not None:
         argv += ["--config", str(config.policy_config)]
     if config.metrics_port is not None:

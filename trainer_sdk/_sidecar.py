@@ -122,6 +122,8 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
         kind = message[0]
         if kind == "points":
             _, overflow, points, ship = message
+            if ship == SHIP_AND_TELL:
+                transport.want_ack()  # a flush waits for the receipt: the batch these points go in asks for it
             with transport.relay_lock:
                 room = state.buffer_size - len(state.queue)
                 if len(points) > room:
@@ -131,8 +133,6 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 transport.points_received += len(points)
                 if points:
                     state.last_step = points[-1][0]
-            if ship == SHIP_AND_TELL:
-                transport.want_ack()  # a flush waits for the receipt
             if ship != SHIP_IN_TIME:
                 transport.request_flush()
             elif state.pump_idle:

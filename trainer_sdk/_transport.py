@@ -372,6 +372,7 @@ class Transport:
                 hostname=socket.gethostname(),
                 pid=os.getpid(),
                 lazy_acks=True,
+                follows_redirects=True,
             )
         )
         while (message := outbox.get()) is not _CLOSE:
@@ -405,10 +406,8 @@ class Transport:
             # At half the buffer, ask for the receipt rather than risk dropping points it would free.
             ack_now = self._ack_wanted or len(unacked) > self.state.buffer_size // 2
             self._ack_asked |= ack_now
-        return [
-            self._batch(points[i : i + MAX_POINTS_PER_MESSAGE], ack_now)
-            for i in range(0, len(points), MAX_POINTS_PER_MESSAGE)
-        ]
+        starts = range(0, len(points), MAX_POINTS_PER_MESSAGE)
+        return [self._batch(points[i : i + MAX_POINTS_PER_MESSAGE], ack_now and i == starts[-1]) for i in starts]
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
         if self.state.resync(welcome.version):
@@ -454,8 +453,10 @@ class Transport:
         unacked = self._unacked
         while unacked and unacked[0][0] <= seq:
             unacked.popleft()
-        if not unacked:
-            self._ack_wanted = self._ack_asked = False  # told: everything sent is stored
+        # Told that everything is stored, unless points wait in the queue or in a drain (read in that order:
+        # a drain empties the queue first; under the send lock none can reach unacked meanwhile).
+        if not unacked and not self.state.queue and not self._draining:
+            self._ack_wanted = self._ack_asked = False
         in_doubt = self._in_doubt
         while in_doubt and in_doubt[0] <= seq:
             in_doubt.popleft()

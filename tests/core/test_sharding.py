@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from policies import parse_config
-from supervisor.sharding import owner, shard_db
+from supervisor.sharding import PopulationRule, owner, shard_db
 from tests.conftest import SUPERVISOR, free_port, wait_until
 from trainer_sdk._transport import redirect_target
 
@@ -230,3 +230,66 @@ def test_every_shard_serves_its_runs_metrics(tmp_path, supervisor_factory, train
     front_text, child_text = scrape(front_metrics), scrape(child_metrics)
     assert f'run="{home}"' in front_text and f'run="{away}"' not in front_text
     assert f'run="{away}"' in child_text and f'run="{home}"' not in child_text
+
+
+def test_a_hangup_reloads_and_kills_no_shard(tmp_path, supervisor_factory):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"))  # no --config: nothing to reload
+    child = shard_pid(front.port, 1)
+    front.proc.send_signal(signal.SIGHUP)
+    time.sleep(1.0)
+    assert front.proc.poll() is None and shard_pid(front.port, 1) == child
+    assert front.json("runs") == []
+
+
+def test_an_older_trainer_is_told_to_upgrade_instead_of_redirected_forever(tmp_path, supervisor_factory):
+    import grpc
+
+    from tests.core.test_bad_input import hello, open_stream
+
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"))
+    channel, call = open_stream(front.address, [hello(run_owned_by(1, 2, "old"))])  # no follows_redirects
+    with pytest.raises(grpc.RpcError) as info:
+        list(call)
+    assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "cannot follow it there: upgrade it" in info.value.details()
+    channel.close()
+
+
+def test_a_child_answers_for_its_own_runs_only(tmp_path, supervisor_factory, trainers):
+    log = tmp_path / "sup.log"
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"), log=log)
+    home = run_owned_by(0, 2, "home")
+    trainers("--run", home, "--address", front.address, "--steps", "5").events()
+    child = f"127.0.0.1:{int(log.read_text().split('shard 1 of 2 serves on port ')[1].split()[0])}"
+    refused = front.cli("history", home, check=False, address=child)
+    assert refused.returncode != 0
+    assert f"belongs to shard 0 of this supervisor; send operator calls to its front door (port {front.port})" in (
+        refused.stderr
+    )
+    assert front.json("runs", address=child) == []
+
+
+def test_while_a_shard_restarts_its_runs_are_unavailable_not_missing(tmp_path, supervisor_factory):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2"))
+    child = shard_pid(front.port, 1)
+    os.kill(child, signal.SIGKILL)
+    runs = wait_until(lambda: (r := front.cli("runs", check=False)).returncode != 0 and r, timeout=10,
+                      message="runs refused while shard 1 restarts")
+    assert "shard 1 of this supervisor is restarting" in runs.stderr
+    wait_until(lambda: front.cli("runs", check=False).returncode == 0, message="shard 1 back")
+
+
+def test_children_route_by_the_front_doors_rules_even_after_the_file_changed(tmp_path, supervisor_factory, trainers):
+    config = tmp_path / "policies.toml"
+    config.write_text('[[policy]]\nid = "search"\ntype = "optuna"\nruns = "trial-*"\nmetric = "val_loss"\n')
+    population = [PopulationRule("search", ("trial-*",))]
+    assert owner("trial-0", 2, population) == 1  # the population lives in the child
+    trial = next(n for i in range(1000) if owner(n := f"trial-{i}", 2) == 0)  # its name alone says the front door
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2", "--config", str(config)))
+    config.write_text("")  # edited while running: the child restarts on an empty file
+    os.kill(shard_pid(front.port, 1), signal.SIGKILL)
+    wait_until(lambda: front.cli("runs", check=False).returncode == 0, message="shard 1 back")
+    trainer = trainers("--run", trial, "--address", front.address, "--steps", "200")
+    trainer.wait_for("connected")
+    assert front.json("set", trial, "lr=0.02", "--wait")["acknowledged"] is True
+    assert trainer.events()[-1]["values"]["lr"] == 0.02

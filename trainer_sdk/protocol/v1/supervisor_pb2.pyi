@@ -93,7 +93,7 @@ class ConnectRequest(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., metrics: _Optional[_Union[MetricBatch, _Mapping]] = ..., applied: _Optional[_Union[Applied, _Mapping]] = ..., goodbye: _Optional[_Union[Goodbye, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("run", "rank", "world_size", "session_id", "params", "values", "version", "sdk_version", "hostname", "pid", "lazy_acks")
+    __slots__ = ("run", "rank", "world_size", "session_id", "params", "values", "version", "sdk_version", "hostname", "pid", "lazy_acks", "follows_redirects")
     class ValuesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +112,7 @@ class Hello(_message.Message):
     HOSTNAME_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     LAZY_ACKS_FIELD_NUMBER: _ClassVar[int]
+    FOLLOWS_REDIRECTS_FIELD_NUMBER: _ClassVar[int]
     run: str
     rank: int
     world_size: int
@@ -123,7 +124,8 @@ class Hello(_message.Message):
     hostname: str
     pid: int
     lazy_acks: bool
-    def __init__(self, run: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., session_id: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., values: _Optional[_Mapping[str, ParamValue]] = ..., version: _Optional[int] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., lazy_acks: _Optional[bool] = ...) -> None: ...
+    follows_redirects: bool
+    def __init__(self, run: _Optional[str] = ..., rank: _Optional[int] = ..., world_size: _Optional[int] = ..., session_id: _Optional[str] = ..., params: _Optional[_Iterable[_Union[ParamSpec, _Mapping]]] = ..., values: _Optional[_Mapping[str, ParamValue]] = ..., version: _Optional[int] = ..., sdk_version: _Optional[str] = ..., hostname: _Optional[str] = ..., pid: _Optional[int] = ..., lazy_acks: _Optional[bool] = ..., follows_redirects: _Optional[bool] = ...) -> None: ...
 
 class MetricPoint(_message.Message):
     __slots__ = ("seq", "step", "time", "values")
