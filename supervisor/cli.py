@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         code, details = failure
-        if code == "UNAVAILABLE":
+        if code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
             print(
                 f"error: no supervisor answers at {args.address} ({details}); start one with "
                 "`supervisor serve` or pass --address / $SUPERVISOR_ADDR",

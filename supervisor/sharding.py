@@ -60,7 +60,10 @@ FORWARD_TIMEOUT = 30.0
 
 
 class ShardUnavailable(SupervisorError):
-    """The shard that owns a run is not serving right now (restarting); the caller should retry."""
+    """The shard that owns a run is not serving right now (restarting); the caller should retry.
+
+    Its message says "of this supervisor", which tells the CLI that a supervisor did answer.
+    """
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,9 @@ class Router:
             return None
         port = self.ports.get(shard if self.index == 0 else 0)
         if port is None:
-            raise ShardUnavailable(f"shard {shard}, which serves run {run!r}, is restarting; try again shortly")
+            raise ShardUnavailable(
+                f"shard {shard} of this supervisor, which serves run {run!r}, is restarting; try again shortly"
+            )
         return pb.Redirect(port=port)
 
     def stub(self, shard: int) -> pb_grpc.OperatorServiceStub:

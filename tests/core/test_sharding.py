@@ -122,7 +122,9 @@ def test_a_killed_shard_is_restarted_and_its_trainers_come_back(tmp_path, superv
     assert first is not None
     os.kill(first, signal.SIGKILL)
     wait_until(lambda: shard_pid(front.port, 1) not in (first, None), message="shard 1 restarted")
-    wait_until(lambda: front.run(away).get("connected"), message="the trainer reconnected through the front door")
+    wait_until(lambda: (r := front.cli("runs", "--json", check=False)).returncode == 0
+               and any(run["run"] == away and run["connected"] for run in json.loads(r.stdout)),
+               message="the trainer reconnected through the front door")
     front.cli("set", away, "lr=0.02", "--wait")
     done = trainer.events()[-1]
     assert done["values"]["lr"] == 0.02 and done["version"] == 2 and done["flushed"] is True
