@@ -122,12 +122,24 @@ class Stream:
                         await asyncio.wait_for(stop.wait(), wait)
                     except TimeoutError:
                         pass
+            await self._last_receipt()
         finally:
             self.queue.put_nowait(None)
             reader.cancel()
             call.cancel()
             if self.own_channel is not None:
                 await self.own_channel.close()
+
+    async def _last_receipt(self, timeout: float = 5.0) -> None:
+        """Ask for the receipt of every point sent, as the SDK's close() does, and wait a while for it.
+
+        With late receipts (``lazy_acks``) the supervisor answers at most every ``--ack-delay``, so without
+        this the points of the last seconds would count as unstored at the end.
+        """
+        self.queue.put_nowait(pb.ConnectRequest(metrics=pb.MetricBatch(ack_now=True)))
+        end = time.monotonic() + timeout
+        while self.acked < self.seq and time.monotonic() < end and not self.errors:
+            await asyncio.sleep(0.05)
 
     async def _connect(self, channel: grpc.aio.Channel) -> tuple[Any, asyncio.Task[None]]:
         """Open the stream, and follow a sharded supervisor's Redirect as the SDK does."""
