@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -15,6 +15,9 @@ from supervisor.storage import ChangeRow
 from trainer_sdk import _wire
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+if TYPE_CHECKING:
+    from supervisor.sharding import Router
 
 log = logging.getLogger("supervisor")
 
@@ -41,7 +44,7 @@ async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[
 
 
 class TrainerService(pb_grpc.TrainerServiceServicer):
-    def __init__(self, core: Supervisor, router: Any = None) -> None:
+    def __init__(self, core: Supervisor, router: Router | None = None) -> None:
         self.core = core
         self.router = router
         """A sharded supervisor's ``sharding.Router``: trainers of other shards' runs are redirected there."""

@@ -35,7 +35,7 @@ import signal
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +45,7 @@ import grpc
 from policies import PolicyBinding
 from supervisor.runs import SupervisorError
 from supervisor.services import OperatorService, run_info
+from trainer_sdk._transport import redirect_target
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -150,7 +151,7 @@ class Router:
         if cached is not None:  # the shard restarted on another port
             asyncio.ensure_future(cached[1].close())
         host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        channel = grpc.aio.insecure_channel(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        channel = grpc.aio.insecure_channel(redirect_target("", host, port))
         stub = pb_grpc.OperatorServiceStub(channel)
         self._stubs[shard] = (port, channel, stub)
         return stub
@@ -247,7 +248,7 @@ class ShardProcesses:
     (after a pause that doubles while they keep dying young), stopped with it. Each child prints
     ``listening on HOST:PORT``; its other output is passed on, prefixed."""
 
-    def __init__(self, router: Router, argv_for: Any, env: dict[str, str]) -> None:
+    def __init__(self, router: Router, argv_for: Callable[[int], list[str]], env: dict[str, str]) -> None:
         self.router = router
         self._env = env
         self.children = [ChildShard(index=k, argv=argv_for(k)) for k in range(1, router.count)]
