@@ -381,10 +381,11 @@ def _serve(args: argparse.Namespace) -> int:
     )
     try:
         asyncio.run(serve(config))
-    except Exception as exc:  # a bad config or an unusable port: say so, no traceback
+    except Exception as exc:  # a bad config, database or port: say so, no traceback
         from policies import PolicyConfigError
+        from supervisor.storage import StoreError
 
-        if isinstance(exc, PolicyConfigError | OSError):
+        if isinstance(exc, PolicyConfigError | StoreError | OSError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise

@@ -175,14 +175,32 @@ def _atomic(method: Callable[..., T]) -> Callable[..., T]:
     return method
 
 
+class StoreError(Exception):
+    """The database file cannot be used: missing folder, no permission, not SQLite, or a newer schema."""
+
+
 class Store:
     """One SQLite file; a connection per thread that uses it."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        self._job_is_atomic = False
+        try:
+            self._open()
+        except BaseException as exc:
+            if hasattr(self, "_conn"):
+                self._conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(
+                    f"cannot use the database {self.path}: {exc} (--db must name an SQLite file, or a new one, in a "
+                    "folder that exists and that this user can write)"
+                ) from exc
+            raise
+
+    def _open(self) -> None:
+        """Connect, and create or migrate the schema."""
         conn = self._connect()
         self._conn = conn
-        self._job_is_atomic = False
         with self._txn():
             conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
             row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
@@ -193,7 +211,7 @@ class Store:
             if found == 2:
                 _migrate_from_2(conn)
             elif found != SCHEMA_VERSION:
-                raise RuntimeError(
+                raise StoreError(
                     f"{self.path} has schema version {found}, but this supervisor reads {SCHEMA_VERSION}: "
                     "open it with the supervisor version that wrote it"
                 )

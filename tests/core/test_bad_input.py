@@ -179,3 +179,18 @@ def test_unreachable_supervisor_is_explained():
         timeout=60,
     )
     assert result.returncode == 1 and "no supervisor answers at 127.0.0.1:1" in result.stderr
+
+
+@pytest.mark.parametrize("case", ["a folder", "missing folder", "not sqlite"])
+def test_an_unusable_database_is_refused_by_name_and_left_as_it_was(tmp_path, case):
+    paths = {"a folder": tmp_path, "missing folder": tmp_path / "nowhere" / "s.db", "not sqlite": tmp_path / "notes.db"}
+    db = paths[case]
+    if case == "not sqlite":
+        db.write_text("my notes\n" * 100)
+    result = subprocess.run([*SUPERVISOR, "serve", "--port", "0", "--db", str(db)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert f"error: cannot use the database {db}:" in result.stderr and "Traceback" not in result.stderr
+    if case == "not sqlite":
+        assert db.read_text() == "my notes\n" * 100
+    assert not (tmp_path / "nowhere").exists()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from supervisor.batches import MetricColumns
-from supervisor.storage import SCHEMA_VERSION, Store
+from supervisor.storage import SCHEMA_VERSION, Store, StoreError
 
 # Schema 1 as released (one row per metric value; progress kept in runs and sessions).
 SCHEMA_1 = """
@@ -157,7 +157,7 @@ def test_a_database_from_a_newer_supervisor_is_refused_with_what_to_do(tmp_path:
     conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
     conn.commit()
     conn.close()
-    with pytest.raises(RuntimeError, match="schema version 99.*supervisor version that wrote it"):
+    with pytest.raises(StoreError, match="schema version 99.*supervisor version that wrote it"):
         Store(path)
 
 
