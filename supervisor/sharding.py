@@ -27,6 +27,7 @@ reaches one for another shard's run is refused with the front door's port.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fnmatch
 import json
 import logging
@@ -56,6 +57,12 @@ log = logging.getLogger("supervisor")
 
 START_TIMEOUT = 60.0
 """Seconds a child shard may take to start serving before the front door gives up on it."""
+EXIT_GRACE = 5.0
+"""Seconds a child shard that closed its output before serving is given to exit before it is killed."""
+FIRST_RESTART_PAUSE = 1.0
+MAX_RESTART_PAUSE = 30.0
+"""Seconds before a dead child shard is restarted: the first pause, doubled while it keeps dying within 30 s
+of starting, up to the second."""
 FORWARD_TIMEOUT = 30.0
 """Seconds a forwarded call may take when its caller set no deadline (an HTTP call), beyond its own wait."""
 
@@ -175,6 +182,14 @@ def _deadline(request: Any, context: Any) -> float:
     return FORWARD_TIMEOUT + (getattr(request, "timeout_seconds", 0.0) if getattr(request, "wait", False) else 0.0)
 
 
+@dataclass(frozen=True)
+class _ShardFailed:
+    """Why a forwarded call got no answer from its shard: the status to abort the caller's call with."""
+
+    code: grpc.StatusCode
+    details: str
+
+
 class RoutedOperatorService(OperatorService):
     """The operator API of one shard: its own runs served here; at the front door, the others' forwarded."""
 
@@ -182,17 +197,24 @@ class RoutedOperatorService(OperatorService):
         super().__init__(core)
         self.router = router
 
-    async def _call_shard(self, shard: int, method: str, request: Any, context: Any) -> Any:
+    async def _ask_shard(self, shard: int, method: str, request: Any, context: Any) -> Any:
+        """The shard's answer, or a _ShardFailed saying why there is none (restarting, not answering, refused)."""
         try:
             call = getattr(self.router.stub(shard), method)
             return await call(request, metadata=self.router.metadata, timeout=_deadline(request, context))
         except ShardUnavailable as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+            return _ShardFailed(grpc.StatusCode.UNAVAILABLE, str(exc))
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 details = f"shard {shard} of this supervisor did not answer: {details}"
-            await context.abort(exc.code(), details)
+            return _ShardFailed(exc.code(), details)
+
+    async def _call_shard(self, shard: int, method: str, request: Any, context: Any) -> Any:
+        answer = await self._ask_shard(shard, method, request, context)
+        if isinstance(answer, _ShardFailed):
+            await context.abort(answer.code, answer.details)
+        return answer
 
     async def _route(self, method: str, request: Any, context: Any) -> Any:
         shard = self.router.owner(request.run)
@@ -211,8 +233,11 @@ class RoutedOperatorService(OperatorService):
         runs = [run_info(run) for run in self.core.list_runs(request.run_glob) if self.router.owner(run.name) == here]
         if here == 0:  # the front door asks every child; a child answers for itself
             answers = await asyncio.gather(
-                *(self._call_shard(shard, "ListRuns", request, context) for shard in range(1, self.router.count))
+                *(self._ask_shard(shard, "ListRuns", request, context) for shard in range(1, self.router.count))
             )
+            failed = [answer for answer in answers if isinstance(answer, _ShardFailed)]
+            if failed:  # one status for the call, naming every shard that did not answer
+                await context.abort(failed[0].code, "; ".join(answer.details for answer in failed))
             for answer in answers:
                 runs.extend(answer.runs)
             runs.sort(key=lambda info: info.run)
@@ -241,11 +266,14 @@ class ChildShard:
     process: asyncio.subprocess.Process | None = None
     started: float = 0.0
     output: asyncio.Task[None] | None = None
+    pause: float = FIRST_RESTART_PAUSE
+    """Seconds to wait before its next restart: doubles while it keeps dying young, its own (a child that
+    crashes in a loop must not hold back another's restart)."""
 
 
 class ShardProcesses:
     """Shards 1..N-1 as child processes of the front door: started before it serves, restarted if they die
-    (after a pause that doubles while they keep dying young), stopped with it. Each child prints
+    (each after a pause of its own that doubles while it keeps dying young), stopped with it. Each child prints
     ``listening on HOST:PORT``; its other output is passed on, prefixed."""
 
     def __init__(self, router: Router, argv_for: Callable[[int], list[str]], env: dict[str, str]) -> None:
@@ -253,7 +281,7 @@ class ShardProcesses:
         self._env = env
         self.children = [ChildShard(index=k, argv=argv_for(k)) for k in range(1, router.count)]
         self._stopping = False
-        self._watch: asyncio.Task[None] | None = None
+        self._keepers: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         try:
@@ -261,7 +289,7 @@ class ShardProcesses:
         except BaseException:
             await self.stop()
             raise
-        self._watch = asyncio.create_task(self._watch_children(), name="shards")
+        self._keepers = [asyncio.create_task(self._keep_alive(c), name=f"keep-shard-{c.index}") for c in self.children]
 
     async def _spawn(self, child: ChildShard) -> None:
         process = child.process = await asyncio.create_subprocess_exec(
@@ -279,6 +307,9 @@ class ShardProcesses:
         try:
             port = await asyncio.wait_for(asyncio.shield(listening), START_TIMEOUT)
         except BaseException as exc:
+            if isinstance(exc, EOFError):  # it closed its output to exit: killing it now (Popen.send_signal polls)
+                with contextlib.suppress(TimeoutError):  # could reap it under asyncio's watcher, losing its code
+                    await asyncio.wait_for(process.wait(), EXIT_GRACE)
             if process.returncode is None:  # never two processes on one shard's file
                 process.kill()
             code = await process.wait()
@@ -291,29 +322,25 @@ class ShardProcesses:
         self.router.ports[child.index] = port
         log.info("shard %d of %d serves on port %d (pid %d)", child.index, self.router.count, port, process.pid)
 
-    async def _watch_children(self) -> None:
-        pause = 1.0
+    async def _keep_alive(self, child: ChildShard) -> None:
+        """Restart ``child`` whenever it exits, until the front door stops."""
         while not self._stopping:
-            waits = {asyncio.ensure_future(c.process.wait()): c for c in self.children if c.process is not None}
-            done, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-            for future in pending:
-                future.cancel()
-            for future in done:
-                child = waits[future]
-                if self._stopping:
-                    return
-                self.router.ports.pop(child.index, None)
-                pause = pause * 2 if time.monotonic() - child.started < 30 else 1.0  # dying young: wait longer
-                pause = min(pause, 30.0)
-                log.error("shard %d exited with code %s; restarting it in %.0fs", child.index, future.result(), pause)
-                while not self._stopping:
-                    await asyncio.sleep(pause)
-                    try:
-                        await self._spawn(child)
-                        break
-                    except OSError as exc:
-                        pause = min(pause * 2, 30.0)
-                        log.error("%s; retrying in %.0fs", exc, pause)
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping:
+                return
+            self.router.ports.pop(child.index, None)
+            young = time.monotonic() - child.started < 30
+            child.pause = min(child.pause * 2, MAX_RESTART_PAUSE) if young else FIRST_RESTART_PAUSE
+            log.error("shard %d exited with code %s; restarting it in %.0fs", child.index, code, child.pause)
+            while not self._stopping:
+                await asyncio.sleep(child.pause)
+                try:
+                    await self._spawn(child)
+                    break
+                except OSError as exc:
+                    child.pause = min(child.pause * 2, MAX_RESTART_PAUSE)
+                    log.error("%s; retrying in %.0fs", exc, child.pause)
 
     def hangup(self) -> None:
         """Pass SIGHUP (reload the policies file) on to every child."""
@@ -323,8 +350,9 @@ class ShardProcesses:
 
     async def stop(self, timeout: float = 10.0) -> None:
         self._stopping = True
-        if self._watch is not None:
-            self._watch.cancel()
+        for keeper in self._keepers:
+            keeper.cancel()
+        await asyncio.gather(*self._keepers, return_exceptions=True)  # none is left half-way through a spawn
         running = [c.process for c in self.children if c.process is not None and c.process.returncode is None]
         for process in running:
             process.terminate()

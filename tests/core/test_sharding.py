@@ -139,6 +139,49 @@ def test_a_killed_shard_is_restarted_and_its_trainers_come_back(tmp_path, superv
     wait_until(lambda: gone(child), timeout=15, message="the orphaned shard stopped")
 
 
+def break_shard(tmp_path: Path, index: int) -> Path:
+    """Make shard ``index``'s database file unopenable (a folder in its place): its restarts fail before serving."""
+    db = tmp_path / f"sup.shard{index}.db"
+    db.rename(tmp_path / f"kept{index}.db")
+    db.mkdir()
+    return db
+
+
+def repair_shard(tmp_path: Path, index: int) -> None:
+    db = tmp_path / f"sup.shard{index}.db"
+    db.rmdir()
+    (tmp_path / f"kept{index}.db").rename(db)
+
+
+def test_a_shard_that_keeps_failing_to_start_does_not_hold_back_another_shards_restart(tmp_path, supervisor_factory):
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "3"))
+    broken, healthy = shard_pid(front.port, 1), shard_pid(front.port, 2)
+    assert broken is not None and healthy is not None
+    break_shard(tmp_path, 1)
+    os.kill(broken, signal.SIGKILL)
+    wait_until(lambda: "shard 1 exited with code" in (log := front.log.read_text()) and "retrying in" in log,
+               message="shard 1 failing to restart")
+    os.kill(healthy, signal.SIGKILL)
+    wait_until(lambda: shard_pid(front.port, 2) not in (healthy, None), timeout=20,
+               message="shard 2 restarted while shard 1 keeps failing")
+    assert shard_pid(front.port, 1) is None
+
+    # With two shards down, `runs` gets one refusal that names both.
+    break_shard(tmp_path, 2)
+    os.kill(shard_pid(front.port, 2), signal.SIGKILL)
+    runs = wait_until(lambda: (r := front.cli("runs", check=False)).returncode != 0 and "shard 2" in r.stderr and r,
+                      timeout=20, message="runs refused while shards 1 and 2 restart")
+    assert "shard 1 of this supervisor is restarting" in runs.stderr
+    assert "shard 2 of this supervisor is restarting" in runs.stderr
+    log = front.log.read_text()
+    assert "Abort already called" not in log
+    assert "shard 1 exited with code 2 before serving" in log and "Unknown child process" not in log  # its real code
+
+    repair_shard(tmp_path, 1)
+    repair_shard(tmp_path, 2)
+    wait_until(lambda: front.cli("runs", check=False).returncode == 0, timeout=90, message="shards 1 and 2 back")
+
+
 def test_shards_are_stopped_with_the_front_door(tmp_path, supervisor_factory):
     front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "3"))
     children = [shard_pid(front.port, k) for k in (1, 2)]
