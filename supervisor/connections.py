@@ -32,6 +32,8 @@ class TrainerStream:
     acked_at: float = 0.0
     wanted_seq: int = 0
     """The trainer waits for the receipt of every point up to this seq (its batch said ack_now)."""
+    ended: bool = False
+    """The call is over: a commit that lands later owes it no receipt."""
 
     def send(self, message: pb.ConnectResponse) -> None:
         self.outbox.put_nowait(message)
@@ -64,6 +66,8 @@ class Receipts:
 
     def stored(self, stream: TrainerStream, now: float) -> None:
         """``stream.stored_seq`` moved: acknowledge now, or within ``delay``."""
+        if stream.ended:
+            return
         if not stream.lazy_acks or stream.wanted_seq > stream.acked_seq or now - stream.acked_at >= self.delay:
             stream.acknowledge(now)
             self._late.discard(stream)
@@ -76,6 +80,8 @@ class Receipts:
         self._late.discard(stream)
 
     def forget(self, stream: TrainerStream) -> None:
+        """The stream ended: no receipt for it now or later (a commit in flight may still land)."""
+        stream.ended = True
         self._late.discard(stream)
 
     async def run(self) -> None:

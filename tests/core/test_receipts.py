@@ -9,6 +9,7 @@ import time
 import grpc
 import pytest
 
+from supervisor.connections import Receipts, TrainerStream
 from tests.conftest import wait_until
 from tests.core.test_bad_input import hello
 from trainer_sdk import Float, connect
@@ -103,3 +104,16 @@ def test_a_waiting_flush_is_answered_at_once(supervisor_factory, transport):
         hp.close(timeout=20)
     metrics = [json.loads(line) for line in supervisor.cli("metrics", "flushes", "--json").stdout.splitlines()]
     assert len([m for m in metrics if m["name"] == "loss"]) == 30
+
+
+@pytest.mark.parametrize("case", ["eager trainer", "lazy, receipt due", "lazy, receipt not due"])
+def test_a_stream_that_ended_gets_no_receipt_from_a_commit_that_lands_later(case):
+    receipts = Receipts(delay=2.0)
+    stream = TrainerStream(run="r", rank=0, session_id="s", session_key=1, last_seq=10, peer="p",
+                           lazy_acks=case != "eager trainer")
+    stream.acked_at = time.monotonic() - (0.0 if case == "lazy, receipt not due" else 10.0)
+    receipts.forget(stream)  # the call ended while its last batch was being committed
+    stream.stored_seq = 10
+    receipts.stored(stream, time.monotonic())
+    assert stream.outbox.empty()
+    assert stream not in receipts._late  # nor kept for the next sweep
