@@ -174,6 +174,19 @@ class SupervisorServer:
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
 
+    def warn_of_new_routing(self) -> None:
+        """After a reload at the front door: say which population policies' runs would now be placed elsewhere."""
+        assert self.router is not None and self.policy_host is not None
+        now = [PopulationRule.of(b) for b in self.policy_host.engine.bindings if b.scope == "population"]
+        if now != list(self.router.population):
+            changed = sorted({rule.id for rule in set(now) ^ set(self.router.population)}) or [r.id for r in now]
+            log.warning(
+                "the reloaded policies file changes which runs are kept together (population policies: %s), but runs "
+                "stay on the shards they have until the front door restarts; until then such a policy sees only the "
+                "runs of its own shard",
+                ", ".join(changed),
+            )
+
     def _warn_of_foreign_runs(self, router: Router) -> None:
         foreign = sorted(name for name in self.core.runs if router.owner(name) != router.index)
         if foreign:
@@ -253,7 +266,8 @@ async def serve(config: ServerConfig, *, ready: Callable[[SupervisorServer], Non
         if server.shards is not None:
             server.shards.hangup()
         if server.policy_host is not None:
-            await server.policy_host.reload()
+            if await server.policy_host.reload() and server.shards is not None:
+                server.warn_of_new_routing()
             gc_tuning.unfreeze()
 
     if server.policy_host is not None or config.shards > 1:  # a child without policies must not die of it

@@ -286,6 +286,20 @@ def test_a_hangup_reloads_and_kills_no_shard(tmp_path, supervisor_factory):
     assert front.json("runs") == []
 
 
+def test_a_reload_that_would_move_a_population_says_it_moves_nothing_until_a_restart(tmp_path, supervisor_factory):
+    config = tmp_path / "policies.toml"
+    config.write_text('[[policy]]\nid = "decay"\ntype = "plateau"\nruns = "*"\nmetric = "val_loss"\n')
+    front = supervisor_factory(tmp_path / "sup.db", args=("--shards", "2", "--config", str(config)))
+    front.proc.send_signal(signal.SIGHUP)  # the same file: nothing to say
+    wait_until(lambda: "supervisor.policies: reloaded" in front.log.read_text(), message="the front door reloaded")
+    config.write_text(config.read_text() + '[[policy]]\nid = "search"\ntype = "optuna"\nruns = "trial-*"\n'
+                      'metric = "val_loss"\n')
+    front.proc.send_signal(signal.SIGHUP)
+    warning = "changes which runs are kept together (population policies: search), but runs stay on the shards"
+    wait_until(lambda: warning in front.log.read_text(), message="the front door's warning")
+    assert front.log.read_text().count("changes which runs are kept together") == 1
+
+
 def test_an_older_trainer_is_told_to_upgrade_instead_of_redirected_forever(tmp_path, supervisor_factory):
     import grpc
 
