@@ -82,10 +82,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         code, details = failure
-        if code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
+        tls_failed = any(word in details for word in ("handshake", "SSL", "CERTIFICATE"))
+        if code in ("UNAVAILABLE", "UNKNOWN") and tls_failed:
+            print(
+                f"error: the TLS handshake with {args.address} failed ({details}); pass the certificate authority "
+                "that signed the supervisor's certificate (or that certificate) with --tls-ca / $SUPERVISOR_TLS_CA, "
+                "and check that the supervisor serves TLS (--tls-cert)",
+                file=sys.stderr,
+            )
+        elif code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
+            hint = ""
+            if "Socket closed" in details and not getattr(args, "tls_ca", None):
+                hint = "; if the supervisor serves TLS (--tls-cert), pass --tls-ca / $SUPERVISOR_TLS_CA"
             print(
                 f"error: no supervisor answers at {args.address} ({details}); start one with "
-                "`supervisor serve` or pass --address / $SUPERVISOR_ADDR",
+                f"`supervisor serve` or pass --address / $SUPERVISOR_ADDR{hint}",
                 file=sys.stderr,
             )
         else:
@@ -129,6 +140,14 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
             f"a one-shot command several times faster (default: $SUPERVISOR_ADDR, then {DEFAULT_ADDRESS})",
         )
         p.add_argument("--token", default=None, help="auth token (default: $SUPERVISOR_TOKEN)")
+        p.add_argument(
+            "--tls-ca",
+            default=None,
+            metavar="PEM",
+            help="connect over TLS, trusting this certificate authority's (or the supervisor's self-signed) "
+            "certificate, or 'system' for the system's roots (default: $SUPERVISOR_TLS_CA; an https:// address "
+            "without it uses the system's roots)",
+        )
         p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
@@ -176,6 +195,14 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
         )
+        p.add_argument(
+            "--tls-cert",
+            default=None,
+            metavar="PEM",
+            help="serve gRPC and the HTTP gateway (https://) over TLS only, with this certificate (chain); needs "
+            "--tls-key. Clients pass tls_ca= / --tls-ca / $SUPERVISOR_TLS_CA. /metrics stays plain HTTP",
+        )
+        p.add_argument("--tls-key", default=None, metavar="PEM", help="the private key of --tls-cert")
         p.add_argument(
             "--shards",
             type=_shard_count,
@@ -378,14 +405,17 @@ def _serve(args: argparse.Namespace) -> int:
         routing=None if args.routing is None else rules_from_text(args.routing),
         shard_ports=args.shard_ports,
         log_level=args.log_level,
+        tls_cert=None if args.tls_cert is None else Path(args.tls_cert),
+        tls_key=None if args.tls_key is None else Path(args.tls_key),
     )
     try:
         asyncio.run(serve(config))
-    except Exception as exc:  # a bad config, database or port: say so, no traceback
+    except Exception as exc:  # a bad config, database, certificate or port: say so, no traceback
         from policies import PolicyConfigError
         from supervisor.storage import StoreError
+        from supervisor.tls import TlsError
 
-        if isinstance(exc, PolicyConfigError | StoreError | OSError):
+        if isinstance(exc, PolicyConfigError | StoreError | TlsError | OSError):
             print(f"error: {exc}", file=sys.stderr)
             return 2
         raise
@@ -405,12 +435,15 @@ def _client(args: argparse.Namespace) -> Any:
         from supervisor.http_client import HttpOperatorClient
 
         try:
-            return HttpOperatorClient(args.address, token=args.token)
+            return HttpOperatorClient(args.address, token=args.token, tls_ca=args.tls_ca)
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     from supervisor.client import OperatorClient
 
-    return OperatorClient(args.address, token=args.token)
+    try:
+        return OperatorClient(args.address, token=args.token, tls_ca=args.tls_ca)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _parse_assignments(items: Sequence[str]) -> dict[str, str]:
@@ -647,8 +680,15 @@ def _top(args: argparse.Namespace) -> int:
             f"top speaks gRPC: pass the supervisor's gRPC address (HOST:PORT, `listening on` line), not {args.address}"
         )
     from supervisor.top import run_top
+    from trainer_sdk._tls import tls_trust
 
-    return run_top(args.address, token=args.token, refresh=args.refresh, run_glob=args.glob, once=args.once)
+    try:
+        tls_trust(args.tls_ca)  # a wrong file is a usage error, named, before the view starts
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return run_top(
+        args.address, token=args.token, tls_ca=args.tls_ca, refresh=args.refresh, run_glob=args.glob, once=args.once
+    )
 
 
 def _replay(args: argparse.Namespace) -> int:

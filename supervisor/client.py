@@ -6,11 +6,11 @@ import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-import grpc
 from google.protobuf import json_format
 
 from supervisor._address import DEFAULT_ADDRESS, default_address
 from trainer_sdk import _wire
+from trainer_sdk._tls import secure_or_insecure_channel, tls_trust
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -24,9 +24,17 @@ class OperatorClient:
     the parameter and the reason for a refused change).
     """
 
-    def __init__(self, address: str | None = None, *, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 10.0,
+        tls_ca: str | None = None,
+    ) -> None:
+        """``tls_ca`` (default ``$SUPERVISOR_TLS_CA``): TLS, trusting this PEM file, or ``"system"``'s roots."""
         self.address = address or default_address()
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = secure_or_insecure_channel(self.address, tls_trust(tls_ca))
         self._stub = pb_grpc.OperatorServiceStub(self._channel)
         token = token or os.environ.get("SUPERVISOR_TOKEN")
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()

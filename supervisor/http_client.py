@@ -48,12 +48,10 @@ class OperatorError(Exception):
 
 
 def parse_http_address(address: str) -> tuple[str, int]:
-    """``http://HOST:PORT`` (a trailing ``/`` allowed, IPv6 hosts in brackets) -> (HOST, PORT)."""
+    """``http(s)://HOST:PORT`` (a trailing ``/`` allowed, IPv6 hosts in brackets) -> (HOST, PORT)."""
     scheme, sep, rest = address.partition("://")
-    if not sep or scheme.lower() != "http":
-        if scheme.lower() == "https":
-            raise ValueError(f"{address}: the gateway speaks plain HTTP; use http://HOST:PORT")
-        raise ValueError(f"{address!r} is not an HTTP address: use http://HOST:PORT")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{address!r} is not an HTTP address: use http://HOST:PORT (https:// for TLS)")
     hostport = rest.rstrip("/")
     if "/" in hostport or "@" in hostport or "?" in hostport:
         raise ValueError(f"{address}: give only http://HOST:PORT, without a path, user or query")
@@ -71,9 +69,14 @@ def parse_http_address(address: str) -> tuple[str, int]:
 class HttpOperatorClient:
     """Calls ``POST /v1/<Method>`` of a supervisor's HTTP gateway, one connection per call."""
 
-    def __init__(self, address: str, *, token: str | None = None, timeout: float = 10.0) -> None:
+    def __init__(
+        self, address: str, *, token: str | None = None, timeout: float = 10.0, tls_ca: str | None = None
+    ) -> None:
+        """An ``https://`` address speaks TLS, trusting ``tls_ca`` (default ``$SUPERVISOR_TLS_CA``: a PEM file,
+        or ``"system"``), else the system's roots."""
         self.address = address
         self.host, self.port = parse_http_address(address)
+        self._tls = _tls_context(address, tls_ca)
         token = token or os.environ.get("SUPERVISOR_TOKEN")
         self._auth = f"Authorization: Bearer {token}\r\n" if token else ""
         self.timeout = timeout
@@ -117,9 +120,18 @@ class HttpOperatorClient:
     def _exchange(self, request: bytes, timeout: float) -> tuple[int, bytes]:
         try:
             sock = _connect(self.host, self.port, timeout)
+            if self._tls is not None:
+                sock = _handshake(self._tls, sock, self.host)
         except TimeoutError:
             raise OperatorError("UNAVAILABLE", f"no connection within {timeout:g}s") from None
         except OSError as exc:
+            if self._tls is not None and _is_tls_error(exc):
+                if "WRONG_VERSION_NUMBER" in str(exc):
+                    raise OperatorError(
+                        "INVALID_ARGUMENT",
+                        f"{self.address} answers in plain HTTP (its supervisor runs without --tls-cert): use http://",
+                    ) from None
+                raise OperatorError("UNAVAILABLE", f"TLS handshake failed: {exc}") from None
             raise OperatorError("UNAVAILABLE", (exc.strerror or str(exc)).lower()) from None
         data = bytearray()
         try:
@@ -146,9 +158,51 @@ class HttpOperatorClient:
             raise OperatorError(
                 "UNKNOWN",
                 f"{self.address} {what}: is this the supervisor's HTTP gateway (the address on the "
-                "`http gateway on` line `supervisor serve` prints) rather than its gRPC port?",
+                "`http gateway on` line `supervisor serve` prints) rather than its gRPC port, and does it serve "
+                "https:// (--tls-cert)?",
             )
         return int(status_line[1]), body
+
+
+def _tls_context(address: str, tls_ca: str | None) -> Any:
+    """The TLS context for ``address`` (None for http://). Raises ValueError for a CA file that cannot be used."""
+    tls_ca = tls_ca or os.environ.get("SUPERVISOR_TLS_CA") or None
+    if not address.lower().startswith("https://"):
+        if tls_ca is not None:
+            raise ValueError(
+                f"{address} is plain HTTP, but a TLS certificate authority is given (--tls-ca / $SUPERVISOR_TLS_CA): "
+                "use https://HOST:PORT"
+            )
+        return None
+    import ssl  # only here: plain HTTP keeps its start-up time
+
+    from trainer_sdk._tls import tls_trust
+
+    trust = tls_trust(tls_ca)
+    context = ssl.create_default_context()
+    if trust is not None and trust.roots is not None:
+        context = ssl.create_default_context(cadata=trust.roots.decode("ascii", "replace"))
+    return context
+
+
+def _handshake(context: Any, raw: Any, host: str) -> Any:
+    """``raw`` (a ``_socket.socket``) wrapped in TLS, the certificate checked against ``host``."""
+    import socket
+
+    timeout = raw.gettimeout()
+    sock = socket.socket(fileno=raw.detach())  # ssl wraps socket.socket, not the C type
+    sock.settimeout(timeout)
+    try:
+        return context.wrap_socket(sock, server_hostname=host)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _is_tls_error(exc: OSError) -> bool:
+    import ssl
+
+    return isinstance(exc, ssl.SSLError | ssl.CertificateError)
 
 
 def _connect(host: str, port: int, timeout: float) -> Any:

@@ -19,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -141,8 +142,11 @@ class HttpGateway:
     descriptor, so a method added to the proto is served here as well.
     """
 
-    def __init__(self, service: OperatorService, *, token: str | None = None) -> None:
+    def __init__(
+        self, service: OperatorService, *, token: str | None = None, tls: ssl.SSLContext | None = None
+    ) -> None:
         self._expected = f"Bearer {token}".encode() if token else None
+        self._tls = tls
         descriptor = pb.DESCRIPTOR.services_by_name["OperatorService"]
         self._methods = {
             m.name: _Method(m.name, getattr(pb, m.input_type.name), getattr(service, m.name))
@@ -159,7 +163,7 @@ class HttpGateway:
 
     async def start(self, host: str, port: int) -> int:
         """Listen on ``host:port`` (0: a free port); returns the bound port. Raises OSError if it cannot bind."""
-        self._server = await asyncio.start_server(self._connection, host, port, limit=MAX_LINE_BYTES)
+        self._server = await asyncio.start_server(self._connection, host, port, limit=MAX_LINE_BYTES, ssl=self._tls)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def stop(self, grace: float = 2.0) -> None:

@@ -29,6 +29,7 @@ from supervisor.sharding import (
     child_env,
 )
 from supervisor.storage import Database
+from supervisor.tls import ServerCertificate, TlsError
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("supervisor")
@@ -78,6 +79,9 @@ class ServerConfig:
     shard_ports: int | None = None
     """The front door's: shard k (1..N-1) listens on ``shard_ports + k - 1``; None: free ports."""
     log_level: str = "INFO"
+    tls_cert: Path | None = None
+    """PEM certificate (chain): gRPC and the HTTP gateway speak TLS only. Needs ``tls_key``."""
+    tls_key: Path | None = None
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -103,11 +107,25 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny_stream if details.method.endswith("/Connect") else self._deny_unary
 
 
+def _certificate(config: ServerConfig) -> ServerCertificate | None:
+    if config.tls_cert is None and config.tls_key is None:
+        return None
+    if config.tls_cert is None or config.tls_key is None:
+        raise TlsError("--tls-cert and --tls-key go together: give the certificate and its private key")
+    if config.shards > 1:
+        raise TlsError(
+            "--tls-cert with --shards is not supported yet: serve one process over TLS, or put a TLS-terminating "
+            "proxy in front of the shards"
+        )
+    return ServerCertificate.load(config.tls_cert, config.tls_key)
+
+
 class SupervisorServer:
     """The process's parts, started and stopped together."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self.certificate = _certificate(config)  # before the database: a mistake here leaves no file behind
         self.db = Database(config.db)
         self.metrics: Any = None
         self.metrics_address: tuple[str, int] | None = None
@@ -141,10 +159,14 @@ class SupervisorServer:
         pb_grpc.add_TrainerServiceServicer_to_server(TrainerService(self.core, self.router), self.server)
         operator = OperatorService(self.core) if self.router is None else RoutedOperatorService(self.core, self.router)
         pb_grpc.add_OperatorServiceServicer_to_server(operator, self.server)
-        self.http = HttpGateway(operator, token=config.token) if config.http_port is not None else None
+        tls_context = self.certificate.context if self.certificate is not None else None
+        self.http = HttpGateway(operator, token=config.token, tls=tls_context) if config.http_port is not None else None
         self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.certificate is None:
+            self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        else:
+            self.port = self.server.add_secure_port(f"{config.host}:{config.port}", self.certificate.grpc_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
         self.shards: ShardProcesses | None = None
@@ -213,11 +235,11 @@ class SupervisorServer:
 
     @property
     def http_url(self) -> str | None:
-        """``http://HOST:PORT`` of the operator gateway, for ``--address`` / $SUPERVISOR_ADDR; None without one."""
+        """``http(s)://HOST:PORT`` of the operator gateway, for ``--address`` / $SUPERVISOR_ADDR; None without one."""
         if self.http is None or self.http_port is None:
             return None
-        host = self.config.host
-        return f"http://[{host}]:{self.http_port}" if ":" in host else f"http://{host}:{self.http_port}"
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'https' if self.certificate is not None else 'http'}://{host}:{self.http_port}"
 
     async def stop(self, grace: float = 2.0) -> None:
         await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)

@@ -24,6 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from trainer_sdk._tls import secure_or_insecure_channel, tls_trust
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -104,11 +105,19 @@ class _RunCache:
 class TopView:
     """Fetches from a supervisor and renders frames; keeps the client-side trends and history cache."""
 
-    def __init__(self, address: str, *, token: str | None = None, run_glob: str = "", timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: str | None = None,
+        tls_ca: str | None = None,
+        run_glob: str = "",
+        timeout: float = 5.0,
+    ) -> None:
         self.address = address
         self.run_glob = run_glob
         self.timeout = timeout
-        self._channel = grpc.insecure_channel(address)
+        self._channel = secure_or_insecure_channel(address, tls_trust(tls_ca))
         self._stub = pb_grpc.OperatorServiceStub(self._channel)
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._runs: dict[str, _RunCache] = {}
@@ -296,6 +305,7 @@ def run_top(
     address: str,
     *,
     token: str | None = None,
+    tls_ca: str | None = None,
     refresh: float = 1.0,
     run_glob: str = "",
     once: bool = False,
@@ -303,7 +313,8 @@ def run_top(
 ) -> int:
     """Show the live view until Ctrl-C (return 0); with ``once``, print one frame and return.
 
-    ``token`` (default ``$SUPERVISOR_TOKEN``) is sent as ``authorization: Bearer <token>``.
+    ``token`` (default ``$SUPERVISOR_TOKEN``) is sent as ``authorization: Bearer <token>``; ``tls_ca`` (default
+    ``$SUPERVISOR_TLS_CA``) connects over TLS (see ``OperatorClient``).
 
     ``once`` returns 0 after a frame, 1 if the supervisor could not be reached
     (the message is printed). In live mode an unreachable supervisor is shown as
@@ -314,7 +325,7 @@ def run_top(
         raise ValueError(f"refresh must be positive seconds but got {refresh}")
     console = console if console is not None else Console()
     token = token or os.environ.get("SUPERVISOR_TOKEN") or None
-    view = TopView(address, token=token, run_glob=run_glob, timeout=max(2.0, min(10.0, 2 * refresh)))
+    view = TopView(address, token=token, tls_ca=tls_ca, run_glob=run_glob, timeout=max(2.0, min(10.0, 2 * refresh)))
     try:
         if once:
             try:

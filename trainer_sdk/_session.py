@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from trainer_sdk._params import Param, ParamValue, as_param
 from trainer_sdk._points import cpu_tensors_to_floats
 from trainer_sdk._state import ChangeEvent, ConnectOptions, SessionState
+from trainer_sdk._tls import tls_trust
 
 log = logging.getLogger("trainer_sdk")
 
@@ -311,6 +312,7 @@ def connect(
     backoff_max: float = 5.0,
     telemetry: bool | float = True,
     transport: str = "thread",
+    tls_ca: str | None = None,
 ) -> Session:
     """Declare live parameters for ``run`` and start talking to the supervisor in the background.
 
@@ -336,6 +338,12 @@ def connect(
     converts and ships its points itself every ``flush_interval`` (0-d CUDA
     tensors: one device sync per shipment). It costs the training loop fewer
     GIL waits (see BENCHMARKS.md) but needs a loop that reports.
+
+    ``tls_ca`` (default ``$SUPERVISOR_TLS_CA``) connects over TLS to a
+    supervisor started with ``--tls-cert``: a PEM file of the certificate
+    authority that signed its certificate (or the self-signed certificate
+    itself), or ``"system"`` for the system's roots. ``token`` (default
+    ``$SUPERVISOR_TOKEN``) authenticates; without TLS it travels in the clear.
     """
     if transport not in ("thread", "process"):
         raise ValueError(f'transport must be "thread" or "process", got {transport!r}')
@@ -379,6 +387,7 @@ def connect(
         token=token or os.environ.get("SUPERVISOR_TOKEN") or None,
         flush_interval=flush_interval,
         backoff_max=backoff_max,
+        tls=tls_trust(tls_ca),
     )
     interval = (5.0 if telemetry is True else float(telemetry)) if telemetry else None
     if transport == "process":

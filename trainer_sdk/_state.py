@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from trainer_sdk._params import InvalidValue, Param, ParamValue
+from trainer_sdk._tls import TlsTrust
 
 log = logging.getLogger("trainer_sdk")
 
@@ -65,6 +66,8 @@ class ConnectOptions:
     token: str | None
     flush_interval: float
     backoff_max: float
+    tls: TlsTrust | None = None
+    """What to trust for a TLS connection; None for plaintext."""
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ import grpc
 from trainer_sdk import _wire
 from trainer_sdk._points import PointConverter
 from trainer_sdk._state import ConnectOptions, Delta, SessionState
+from trainer_sdk._tls import secure_or_insecure_channel
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -48,6 +49,15 @@ _CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
 ]
+
+
+def _tls_hint(details: str, tls: bool) -> str:
+    """Advice when an outage looks like a TLS mismatch rather than a supervisor that is down."""
+    if any(word in details for word in ("handshake", "SSL", "certificate")):
+        return " - check tls_ca / $SUPERVISOR_TLS_CA: it must hold the certificate that signed the supervisor's"
+    if not tls and "Socket closed" in details:
+        return " - if the supervisor serves TLS (--tls-cert), connect with tls_ca= / $SUPERVISOR_TLS_CA"
+    return ""
 
 
 class Backoff:
@@ -76,6 +86,7 @@ class Transport:
         self.requested_flush_interval = options.flush_interval
         self.paced_flush_interval = 0.0  # the supervisor's bound (Pacing), 0 until it sends one
         self.backoff = Backoff(maximum=options.backoff_max)
+        self.tls = options.tls
         self.metadata = (("authorization", f"Bearer {options.token}"),) if options.token else ()
         self.connected = threading.Event()
         self.stopping = threading.Event()
@@ -276,7 +287,7 @@ class Transport:
         redirects = 0  # in a row, without a Welcome: a loop of them backs off like an outage
         while not self.stopping.is_set():
             target = self._route or self.address
-            channel = grpc.insecure_channel(target, options=_CHANNEL_OPTIONS)
+            channel = secure_or_insecure_channel(target, self.tls, _CHANNEL_OPTIONS)
             outbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
             redirected = False
             try:
@@ -324,10 +335,14 @@ class Transport:
                     self._route = None  # after a redirect, the owning process is gone: ask the address given
                     if not outage_logged:
                         outage_logged = True
+                        details = exc.details() if hasattr(exc, "details") else ""
                         log.warning(
-                            "supervisor at %s unreachable (%s); training continues, reconnecting in the background",
+                            "supervisor at %s unreachable (%s: %s)%s; training continues, reconnecting in the "
+                            "background",
                             target,
-                            code.name if code else exc,
+                            code.name if code else type(exc).__name__,
+                            details,
+                            _tls_hint(details, self.tls is not None),
                         )
             except Exception:
                 log.exception("trainer_sdk connection failed unexpectedly; reconnecting")

@@ -262,7 +262,7 @@ def test_a_wrong_http_address_is_explained(supervisor):
     result = supervisor.cli("runs", check=False, address="http://127.0.0.1")
     assert result.returncode == 2 and "http://HOST:PORT" in result.stderr
     result = supervisor.cli("runs", check=False, address=supervisor.http_address.replace("http:", "https:"))
-    assert result.returncode == 2 and "plain HTTP" in result.stderr
+    assert result.returncode == 1 and "answers in plain HTTP" in result.stderr and "use http://" in result.stderr
     result = supervisor.cli("top", "--once", check=False, address=supervisor.http_address)
     assert result.returncode == 2 and "gRPC address" in result.stderr
 

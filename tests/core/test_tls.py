@@ -1,0 +1,143 @@
+"""TLS: ``serve --tls-cert/--tls-key``; trainers, the CLI (gRPC and https://) and ``top`` with ``--tls-ca``."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.conftest import ROOT, SUPERVISOR
+from trainer_sdk import connect
+
+
+def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for localhost and 127.0.0.1 that is its own authority, and its key: (cert, key)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"supervisor test {name}")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+@pytest.fixture
+def certs(tmp_path: Path) -> dict[str, Path]:
+    cert, key = self_signed(tmp_path, "server")
+    other, _ = self_signed(tmp_path, "other")
+    return {"cert": cert, "key": key, "other": other}
+
+
+@pytest.fixture
+def tls_supervisor(tmp_path, supervisor_factory, certs):
+    return supervisor_factory(
+        tmp_path / "tls.db", args=("--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"]), "--token", "s3")
+    )
+
+
+@pytest.mark.parametrize("transport", ["thread", "process"])
+def test_trainers_and_operators_work_over_tls(tls_supervisor, trainers, certs, transport):
+    sup = tls_supervisor
+    assert sup.http_address.startswith("https://127.0.0.1:")
+    env = {"SUPERVISOR_TLS_CA": str(certs["cert"]), "SUPERVISOR_TOKEN": "s3"}
+    trainer = trainers("--run", "secure", "--address", sup.address, "--steps", "400", "--sleep", "0.005",
+                       "--transport", transport, env=env)
+    trainer.wait_for("connected")
+    tls = ("--tls-ca", str(certs["cert"]), "--token", "s3")
+    assert sup.json("set", "secure", "lr=0.05", "--wait", *tls)["acknowledged"] is True  # gRPC
+    answer = json.loads(sup.cli("set", "secure", "lr=0.02", "--wait", *tls, "--json", address=sup.http_address).stdout)
+    assert answer["acknowledged"] is True  # the HTTP gateway, over https://
+    done = trainer.events()[-1]
+    assert done["values"]["lr"] == 0.02 and done["version"] == 2 and done["flushed"] is True
+    top = sup.cli("top", "--once", *tls)
+    assert "secure" in top.stdout
+
+
+def test_a_client_without_the_right_authority_is_told_what_to_pass(tls_supervisor, certs):
+    sup = tls_supervisor
+    plain = sup.cli("runs", "--token", "s3", check=False)
+    assert plain.returncode == 1 and "if the supervisor serves TLS (--tls-cert), pass --tls-ca" in plain.stderr
+    for address in (sup.address, sup.http_address):
+        wrong = sup.cli("runs", "--token", "s3", "--tls-ca", str(certs["other"]), check=False, address=address)
+        assert wrong.returncode == 1 and f"the TLS handshake with {address} failed" in wrong.stderr, wrong.stderr
+        assert "CERTIFICATE_VERIFY_FAILED" in wrong.stderr
+    plain_http = sup.cli("runs", "--token", "s3", check=False, address=sup.http_address.replace("https:", "http:"))
+    assert plain_http.returncode == 1 and "does it serve https://" in plain_http.stderr
+    mixed = sup.cli("runs", "--tls-ca", str(certs["cert"]), check=False,
+                    address=sup.http_address.replace("https:", "http:"))
+    assert mixed.returncode == 2 and "use https://HOST:PORT" in mixed.stderr
+    missing = sup.cli("runs", "--tls-ca", str(certs["cert"]) + ".nope", check=False)
+    assert missing.returncode == 2 and "cannot read the TLS certificate authority file" in missing.stderr
+
+
+def test_a_trainer_with_the_wrong_authority_trains_on_and_logs_why(tls_supervisor, certs, caplog):
+    with caplog.at_level("WARNING", logger="trainer_sdk"):
+        hp = connect("wrong-ca", {"lr": 0.1}, address=tls_supervisor.address, tls_ca=str(certs["other"]),
+                     token="s3", telemetry=False)
+        try:
+            assert not hp.wait_connected(3)
+            hp.report(0, loss=1.0)  # training goes on, on the defaults
+            assert hp.lr == 0.1
+        finally:
+            hp.close(timeout=0.5)
+    assert "check tls_ca / $SUPERVISOR_TLS_CA" in caplog.text
+
+
+def test_connect_names_an_authority_file_it_cannot_use(tmp_path):
+    with pytest.raises(ValueError, match="cannot read the TLS certificate authority file .*nope.pem"):
+        connect("r", {"lr": 0.1}, address="127.0.0.1:1", tls_ca=str(tmp_path / "nope.pem"))
+    (tmp_path / "notes.txt").write_text("not a certificate")
+    with pytest.raises(ValueError, match="notes.txt.*holds no PEM certificate"):
+        connect("r", {"lr": 0.1}, address="127.0.0.1:1", tls_ca=str(tmp_path / "notes.txt"))
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("cert only", "--tls-cert and --tls-key go together"),
+        ("missing key", "cannot read --tls-key"),
+        ("not pem", "holds no PEM certificate"),
+        ("wrong key", "do not go together"),
+        ("shards", "--tls-cert with --shards is not supported yet"),
+    ],
+)
+def test_serve_refuses_a_certificate_it_cannot_use_by_name(tmp_path, certs, case, expected):
+    cert, key = str(certs["cert"]), str(certs["key"])
+    _, other_key = self_signed(tmp_path, "third")
+    (tmp_path / "notes.pem").write_text("not a certificate")
+    args = {
+        "cert only": ["--tls-cert", cert],
+        "missing key": ["--tls-cert", cert, "--tls-key", str(tmp_path / "nope.key")],
+        "not pem": ["--tls-cert", str(tmp_path / "notes.pem"), "--tls-key", key],
+        "wrong key": ["--tls-cert", cert, "--tls-key", str(other_key)],
+        "shards": ["--tls-cert", cert, "--tls-key", key, "--shards", "2"],
+    }[case]
+    result = subprocess.run([*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "s.db"), *args],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert not (tmp_path / "s.db").exists()
