@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from supervisor._address import DEFAULT_ADDRESS, default_address, is_http
@@ -82,12 +83,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if failure is None:
             raise
         code, details = failure
-        tls_failed = any(word in details for word in ("handshake", "SSL", "CERTIFICATE"))
+        address = getattr(args, "address", "")
+        tls = getattr(args, "tls_ca", None) or os.environ.get("SUPERVISOR_TLS_CA") or address.startswith("https")
+        tls_failed = tls and any(word in details for word in ("handshake", "SSL", "CERTIFICATE", "Verification"))
         if code in ("UNAVAILABLE", "UNKNOWN") and tls_failed:
             print(
                 f"error: the TLS handshake with {args.address} failed ({details}); pass the certificate authority "
                 "that signed the supervisor's certificate (or that certificate) with --tls-ca / $SUPERVISOR_TLS_CA, "
-                "and check that the supervisor serves TLS (--tls-cert)",
+                "and check that the supervisor serves TLS (--tls-cert) with a certificate for the host you dial",
                 file=sys.stderr,
             )
         elif code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
@@ -308,8 +311,6 @@ class _Formatter(argparse.HelpFormatter):
 
 def _columns() -> int:
     """shutil.get_terminal_size().columns: $COLUMNS, else the terminal's width, else 80."""
-    import os
-
     try:
         columns = int(os.environ["COLUMNS"])
     except (KeyError, ValueError):
@@ -368,7 +369,6 @@ def _shard_of(text: str) -> tuple[int, int]:
 
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
-    import os
     from pathlib import Path
 
     from supervisor.server import ServerConfig, serve

@@ -179,10 +179,9 @@ def _tls_context(address: str, tls_ca: str | None) -> Any:
     from trainer_sdk._tls import tls_trust
 
     trust = tls_trust(tls_ca)
-    context = ssl.create_default_context()
-    if trust is not None and trust.roots is not None:
-        context = ssl.create_default_context(cadata=trust.roots.decode("ascii", "replace"))
-    return context
+    if trust is None:  # an https:// address alone: the system's roots, as a browser would
+        return ssl.create_default_context()
+    return ssl.create_default_context(cadata=trust.roots.decode("ascii"))
 
 
 def _handshake(context: Any, raw: Any, host: str) -> Any:

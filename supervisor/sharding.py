@@ -338,9 +338,9 @@ class ShardProcesses:
                 try:
                     await self._spawn(child)
                     break
-                except OSError as exc:
+                except Exception as exc:  # never give up on a shard; only an OSError is expected here
                     child.pause = min(child.pause * 2, MAX_RESTART_PAUSE)
-                    log.error("%s; retrying in %.0fs", exc, child.pause)
+                    log.error("%s; retrying in %.0fs", exc, child.pause, exc_info=not isinstance(exc, OSError))
 
     def hangup(self) -> None:
         """Pass SIGHUP (reload the policies file) on to every child."""

@@ -34,17 +34,24 @@ class ServerCertificate:
             raise TlsError(f"--tls-cert {cert} holds no PEM certificate (-----BEGIN CERTIFICATE-----)")
         if b"PRIVATE KEY-----" not in secret:
             raise TlsError(f"--tls-key {key} holds no PEM private key (-----BEGIN ... PRIVATE KEY-----)")
+        if b"ENCRYPTED" in secret:
+            raise TlsError(f"--tls-key {key} is encrypted: give the key without a passphrase, in a file only you read")
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         try:
-            context.load_cert_chain(cert, key)
-        except ssl.SSLError as exc:
-            raise TlsError(f"--tls-cert {cert} and --tls-key {key} do not go together: {exc.reason or exc}") from None
+            context.load_cert_chain(cert, key, password=_no_passphrase)  # never a prompt on the terminal
+        except (ssl.SSLError, TlsError) as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise TlsError(f"--tls-cert {cert} and --tls-key {key} do not go together: {reason}") from None
         return cls(chain=chain, key=secret, context=context)
 
     def grpc_credentials(self) -> object:
         import grpc
 
         return grpc.ssl_server_credentials([(self.key, self.chain)])
+
+
+def _no_passphrase() -> bytes:
+    raise TlsError("--tls-key asks for a passphrase: give the key without one")
 
 
 def _read(path: Path, option: str) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ROOT, SUPERVISOR, SupervisorProcess, free_port, wait_until
 from trainer_sdk import connect
 
-FORBIDDEN_ON_THE_HTTP_PATH = ("grpc", "google", "asyncio", "logging", "trainer_sdk", "http.client", "email")
+FORBIDDEN_ON_THE_HTTP_PATH = ("grpc", "google", "asyncio", "logging", "trainer_sdk", "http.client", "email", "ssl")
 """Modules whose import the HTTP path exists to avoid (plus the server's own modules, checked below)."""
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,8 +19,10 @@ from tests.conftest import ROOT, SUPERVISOR
 from trainer_sdk import connect
 
 
-def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
-    """A certificate for localhost and 127.0.0.1 that is its own authority, and its key: (cert, key)."""
+def self_signed(
+    folder: Path, name: str, dns: str = "localhost", ip: str | None = "127.0.0.1", passphrase: bytes | None = None
+) -> tuple[Path, Path]:
+    """A certificate for ``dns`` (and ``ip``) that is its own authority, and its key: (cert, key)."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"supervisor test {name}")])
     now = datetime.datetime.now(datetime.UTC)
@@ -32,7 +35,9 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.SubjectAlternativeName(
+                [x509.DNSName(dns)] + ([x509.IPAddress(ipaddress.ip_address(ip))] if ip else [])
+            ),
             critical=False,
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
@@ -40,9 +45,8 @@ def self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     )
     cert_path, key_path = folder / f"{name}.crt", folder / f"{name}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+    protection = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, protection))
     return cert_path, key_path
 
 
@@ -114,6 +118,29 @@ def test_connect_names_an_authority_file_it_cannot_use(tmp_path):
     (tmp_path / "notes.txt").write_text("not a certificate")
     with pytest.raises(ValueError, match="notes.txt.*holds no PEM certificate"):
         connect("r", {"lr": 0.1}, address="127.0.0.1:1", tls_ca=str(tmp_path / "notes.txt"))
+    (tmp_path / "broken.pem").write_text("-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n")
+    with pytest.raises(ValueError, match="broken.pem.*holds a certificate that cannot be read"):
+        connect("r", {"lr": 0.1}, address="127.0.0.1:1", tls_ca=str(tmp_path / "broken.pem"))
+    result = subprocess.run([*SUPERVISOR, "runs", "--address", "https://127.0.0.1:1", "--tls-ca",
+                             str(tmp_path / "broken.pem")], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and "holds a certificate that cannot be read" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_certificate_for_another_name_is_refused(tmp_path, supervisor_factory):
+    cert, key = self_signed(tmp_path, "elsewhere", dns="supervisor.example", ip=None)  # not 127.0.0.1
+    sup = supervisor_factory(tmp_path / "n.db", args=("--tls-cert", str(cert), "--tls-key", str(key)))
+    for address in (sup.address, sup.http_address):
+        refused = sup.cli("runs", "--tls-ca", str(cert), check=False, address=address)
+        assert refused.returncode == 1 and f"the TLS handshake with {address} failed" in refused.stderr, refused.stderr
+
+
+def test_system_roots_are_the_systems_not_grpcios(tls_supervisor, certs):
+    env = {**os.environ, "SSL_CERT_FILE": str(certs["cert"])}  # this system's trust, as OpenSSL reads it
+    for address in (tls_supervisor.address, tls_supervisor.http_address):
+        result = subprocess.run([*SUPERVISOR, "runs", "--address", address, "--tls-ca", "system", "--token", "s3"],
+                                capture_output=True, text=True, cwd=ROOT, timeout=60, env=env)
+        assert result.returncode == 0 and "no runs yet" in result.stdout, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -123,21 +150,24 @@ def test_connect_names_an_authority_file_it_cannot_use(tmp_path):
         ("missing key", "cannot read --tls-key"),
         ("not pem", "holds no PEM certificate"),
         ("wrong key", "do not go together"),
+        ("encrypted key", "is encrypted: give the key without a passphrase"),
         ("shards", "--tls-cert with --shards is not supported yet"),
     ],
 )
 def test_serve_refuses_a_certificate_it_cannot_use_by_name(tmp_path, certs, case, expected):
     cert, key = str(certs["cert"]), str(certs["key"])
     _, other_key = self_signed(tmp_path, "third")
+    locked_cert, locked_key = self_signed(tmp_path, "locked", passphrase=b"secret")
     (tmp_path / "notes.pem").write_text("not a certificate")
     args = {
         "cert only": ["--tls-cert", cert],
         "missing key": ["--tls-cert", cert, "--tls-key", str(tmp_path / "nope.key")],
         "not pem": ["--tls-cert", str(tmp_path / "notes.pem"), "--tls-key", key],
         "wrong key": ["--tls-cert", cert, "--tls-key", str(other_key)],
+        "encrypted key": ["--tls-cert", str(locked_cert), "--tls-key", str(locked_key)],
         "shards": ["--tls-cert", cert, "--tls-key", key, "--shards", "2"],
     }[case]
     result = subprocess.run([*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "s.db"), *args],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+                            capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "s.db").exists()
