@@ -226,6 +226,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         p.add_argument("--front-port", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's port
         p.add_argument("--front-pid", type=int, default=None, help=argparse.SUPPRESS)  # a child: shard 0's pid
         p.add_argument("--routing", default=None, help=argparse.SUPPRESS)  # a child: shard 0's population rules
+        p.add_argument("--internal-socket", default=None, help=argparse.SUPPRESS)  # a child with TLS: shard 0's way in
         p.add_argument("--log-level", default="INFO")
         p.set_defaults(func=_serve)
 
@@ -407,6 +408,7 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         tls_cert=None if args.tls_cert is None else Path(args.tls_cert),
         tls_key=None if args.tls_key is None else Path(args.tls_key),
+        internal_socket=args.internal_socket,
     )
     try:
         asyncio.run(serve(config))

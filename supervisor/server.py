@@ -6,8 +6,10 @@ import asyncio
 import hmac
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,8 @@ class ServerConfig:
     tls_cert: Path | None = None
     """PEM certificate (chain): gRPC and the HTTP gateway speak TLS only. Needs ``tls_key``."""
     tls_key: Path | None = None
+    internal_socket: str | None = None
+    """A child's, with TLS: a Unix socket where it also serves the front door's forwarded calls."""
 
 
 class TokenAuth(grpc.aio.ServerInterceptor):
@@ -112,11 +116,6 @@ def _certificate(config: ServerConfig) -> ServerCertificate | None:
         return None
     if config.tls_cert is None or config.tls_key is None:
         raise TlsError("--tls-cert and --tls-key go together: give the certificate and its private key")
-    if config.shards > 1:
-        raise TlsError(
-            "--tls-cert with --shards is not supported yet: serve one process over TLS, or put a TLS-terminating "
-            "proxy in front of the shards"
-        )
     return ServerCertificate.load(config.tls_cert, config.tls_key)
 
 
@@ -169,6 +168,13 @@ class SupervisorServer:
             self.port = self.server.add_secure_port(f"{config.host}:{config.port}", self.certificate.grpc_credentials())
         if self.port == 0:
             raise OSError(f"cannot listen on {config.host}:{config.port}")
+        if config.internal_socket is not None:  # a child with TLS: the front door's calls come this way
+            if self.server.add_insecure_port(f"unix:{config.internal_socket}") == 0:
+                raise OSError(f"cannot listen on the Unix socket {config.internal_socket}")
+        self._socket_dir: str | None = None
+        if self.router is not None and config.shard == 0 and self.certificate is not None:
+            self._socket_dir = tempfile.mkdtemp(prefix="supervisor-shards-")  # 0700: this user's only
+            self.router.sockets = {k: f"{self._socket_dir}/shard{k}.sock" for k in range(1, config.shards)}
         self.shards: ShardProcesses | None = None
         if self.router is not None:
             self.router.ports[0] = self.port if config.shard == 0 else (config.front_port or 0)
@@ -177,7 +183,8 @@ class SupervisorServer:
 
     def _child_argv(self, index: int) -> list[str]:
         assert self.router is not None
-        return child_argv(self.config, index, front_port=self.port, rules=self.router.population)
+        socket = self.router.sockets.get(index)
+        return child_argv(self.config, index, front_port=self.port, rules=self.router.population, socket=socket)
 
     async def start(self) -> None:
         if self.shards is not None:  # before this one serves: it redirects trainers to them
@@ -257,6 +264,8 @@ class SupervisorServer:
         if self.metrics is not None:
             self.metrics.close()
         self.db.close()
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
 
 
 async def _set_health(servicer: Any, status: int) -> None:

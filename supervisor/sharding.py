@@ -126,6 +126,9 @@ class Router:
     """Shard -> gRPC port on this host; a child knows only the front door's (shard 0)."""
     host: str = "127.0.0.1"
     token: str | None = None
+    sockets: dict[int, str] = field(default_factory=dict)
+    """The front door's, with TLS: shard -> the Unix socket where it also takes the front door's forwarded calls
+    (in plaintext, in a folder only this user can open), since the certificate need not name ``host``."""
     _stubs: dict[int, tuple[int, Any, pb_grpc.OperatorServiceStub]] = field(default_factory=dict, repr=False)
 
     def owner(self, run: str) -> int:
@@ -157,8 +160,12 @@ class Router:
             return cached[2]
         if cached is not None:  # the shard restarted on another port
             asyncio.ensure_future(cached[1].close())
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
-        channel = grpc.aio.insecure_channel(redirect_target("", host, port))
+        if shard in self.sockets:
+            target = f"unix:{self.sockets[shard]}"
+        else:
+            host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+            target = redirect_target("", host, port)
+        channel = grpc.aio.insecure_channel(target)
         stub = pb_grpc.OperatorServiceStub(channel)
         self._stubs[shard] = (port, channel, stub)
         return stub
@@ -388,9 +395,12 @@ def child_env(token: str | None) -> dict[str, str]:
     return env
 
 
-def child_argv(config: ServerConfig, index: int, front_port: int, rules: Sequence[PopulationRule]) -> list[str]:
+def child_argv(
+    config: ServerConfig, index: int, front_port: int, rules: Sequence[PopulationRule], socket: str | None = None
+) -> list[str]:
     """The command line of shard ``index``: a ``serve`` of its own (on ``--shard-ports``' port for it, or a free
-    one), without an HTTP gateway, given the front door's settings and routing rules."""
+    one), without an HTTP gateway, given the front door's settings and routing rules (and with TLS, the Unix
+    ``socket`` for the front door's forwarded calls)."""
     port = config.shard_ports + index - 1 if config.shard_ports else 0
     argv = [sys.executable, "-m", "supervisor", "serve", "--host", config.host, "--port", str(port), "--no-http",
             "--db", str(shard_db(config.db, index)), "--shard", f"{index}/{config.shards}",
@@ -399,6 +409,10 @@ def child_argv(config: ServerConfig, index: int, front_port: int, rules: Sequenc
             "--log-level", config.log_level]
     if config.policy_config is not None:
         argv += ["--config", str(config.policy_config)]
+    if config.tls_cert is not None and config.tls_key is not None:
+        argv += ["--tls-cert", str(config.tls_cert), "--tls-key", str(config.tls_key)]
+    if socket is not None:
+        argv += ["--internal-socket", socket]
     if config.metrics_port is not None:
         argv += ["--metrics-port", str(config.metrics_port + index if config.metrics_port else 0)]
         if config.metrics_host:

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tests.conftest import ROOT, SUPERVISOR
+from tests.core.test_sharding import run_owned_by, shard_pid
 from trainer_sdk import connect
 
 
@@ -80,6 +81,28 @@ def test_trainers_and_operators_work_over_tls(tls_supervisor, trainers, certs, t
     assert done["values"]["lr"] == 0.02 and done["version"] == 2 and done["flushed"] is True
     top = sup.cli("top", "--once", *tls)
     assert "secure" in top.stdout
+
+
+def test_shards_serve_over_tls_and_the_front_door_forwards_to_them(tmp_path, supervisor_factory, trainers, certs):
+    front = supervisor_factory(tmp_path / "sup.db", args=(
+        "--shards", "2", "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"]), "--token", "s3"))
+    away, home = run_owned_by(1, 2, "away"), run_owned_by(0, 2, "home")
+    env = {"SUPERVISOR_TLS_CA": str(certs["cert"]), "SUPERVISOR_TOKEN": "s3"}
+    started = [trainers("--run", run, "--address", front.address, "--steps", "300", "--sleep", "0.005", env=env)
+               for run in (away, home)]
+    for trainer in started:
+        trainer.wait_for("connected")  # the away run's trainer was redirected to shard 1's TLS port
+    tls = ("--tls-ca", str(certs["cert"]), "--token", "s3")
+    for run in (away, home):  # shard 1's through the front door, over its Unix socket
+        assert front.json("set", run, "lr=0.03", "--wait", *tls)["acknowledged"] is True
+    assert {r["run"] for r in front.json("runs", *tls)} == {away, home}
+    for trainer in started:
+        assert trainer.events()[-1]["values"]["lr"] == 0.03
+    argv = Path(f"/proc/{shard_pid(front.port, 1)}/cmdline").read_bytes().decode().split("\0")
+    socket = Path(argv[argv.index("--internal-socket") + 1])
+    assert socket.is_socket() and oct(socket.parent.stat().st_mode & 0o777) == "0o700"
+    assert front.terminate() == 0
+    assert not socket.parent.exists()
 
 
 def test_a_client_without_the_right_authority_is_told_what_to_pass(tls_supervisor, certs):
@@ -151,7 +174,6 @@ def test_system_roots_are_the_systems_not_grpcios(tls_supervisor, certs):
         ("not pem", "holds no PEM certificate"),
         ("wrong key", "do not go together"),
         ("encrypted key", "is encrypted: give the key without a passphrase"),
-        ("shards", "--tls-cert with --shards is not supported yet"),
     ],
 )
 def test_serve_refuses_a_certificate_it_cannot_use_by_name(tmp_path, certs, case, expected):
@@ -165,7 +187,6 @@ def test_serve_refuses_a_certificate_it_cannot_use_by_name(tmp_path, certs, case
         "not pem": ["--tls-cert", str(tmp_path / "notes.pem"), "--tls-key", key],
         "wrong key": ["--tls-cert", cert, "--tls-key", str(other_key)],
         "encrypted key": ["--tls-cert", str(locked_cert), "--tls-key", str(locked_key)],
-        "shards": ["--tls-cert", cert, "--tls-key", key, "--shards", "2"],
     }[case]
     result = subprocess.run([*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "s.db"), *args],
                             capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
