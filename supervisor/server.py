@@ -31,10 +31,13 @@ from supervisor.sharding import (
     child_env,
 )
 from supervisor.storage import Database
-from supervisor.tls import ServerCertificate, TlsError
+from supervisor.tls import RotatingCertificate, TlsError
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
 log = logging.getLogger("supervisor")
+
+CERTIFICATE_CHECK_SECONDS = 5.0
+"""How often the HTTP gateway's TLS certificate files are checked for a renewed pair."""
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 """Largest message accepted; a trainer batches at most 512 points per message, far below it."""
@@ -111,12 +114,12 @@ class TokenAuth(grpc.aio.ServerInterceptor):
         return self._deny_stream if details.method.endswith("/Connect") else self._deny_unary
 
 
-def _certificate(config: ServerConfig) -> ServerCertificate | None:
+def _certificate(config: ServerConfig) -> RotatingCertificate | None:
     if config.tls_cert is None and config.tls_key is None:
         return None
     if config.tls_cert is None or config.tls_key is None:
         raise TlsError("--tls-cert and --tls-key go together: give the certificate and its private key")
-    return ServerCertificate.load(config.tls_cert, config.tls_key)
+    return RotatingCertificate(config.tls_cert, config.tls_key)
 
 
 class SupervisorServer:
@@ -172,6 +175,7 @@ class SupervisorServer:
             if self.server.add_insecure_port(f"unix:{config.internal_socket}") == 0:
                 raise OSError(f"cannot listen on the Unix socket {config.internal_socket}")
         self._socket_dir: str | None = None
+        self._certificate_watch: asyncio.Task[None] | None = None
         if self.router is not None and config.shard == 0 and self.certificate is not None:
             self._socket_dir = tempfile.mkdtemp(prefix="supervisor-shards-")  # 0700: this user's only
             self.router.sockets = {k: f"{self._socket_dir}/shard{k}.sock" for k in range(1, config.shards)}
@@ -200,6 +204,8 @@ class SupervisorServer:
             )
         if self.http is not None:
             await self._start_http(self.http)
+            if self.certificate is not None:
+                self._certificate_watch = asyncio.create_task(self._watch_certificate(self.certificate), name="tls")
         await self.server.start()
         await _set_health(self.health, health_pb2.HealthCheckResponse.SERVING)
 
@@ -248,7 +254,15 @@ class SupervisorServer:
         host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         return f"{'https' if self.certificate is not None else 'http'}://{host}:{self.http_port}"
 
+    async def _watch_certificate(self, certificate: RotatingCertificate) -> None:
+        """The HTTP gateway's certificate follows its files (gRPC checks them before each new connection)."""
+        while True:
+            await asyncio.sleep(CERTIFICATE_CHECK_SECONDS)
+            certificate.refresh()
+
     async def stop(self, grace: float = 2.0) -> None:
+        if self._certificate_watch is not None:
+            self._certificate_watch.cancel()
         await _set_health(self.health, health_pb2.HealthCheckResponse.NOT_SERVING)
         if self.http is not None:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))

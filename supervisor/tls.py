@@ -5,13 +5,24 @@ speak TLS only; /metrics stays plain HTTP for Prometheus (bind it to a private
 address with ``--metrics-host``). The files are checked when the server starts
 (readable, PEM, the key matching the certificate), so a mistake stops ``serve``
 with the file's name instead of failing every handshake later.
+
+Certificates are short-lived where they are managed (cert-manager renews them
+in place in a mounted Secret), so the files are watched: a new pair is taken
+for the next connections, gRPC's and the gateway's, without a restart; a pair
+that does not go together is logged and the current one kept.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import ssl
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("supervisor")
 
 
 class TlsError(Exception):
@@ -44,10 +55,6 @@ class ServerCertificate:
             raise TlsError(f"--tls-cert {cert} and --tls-key {key} do not go together: {reason}") from None
         return cls(chain=chain, key=secret, context=context)
 
-    def grpc_credentials(self) -> object:
-        import grpc
-
-        return grpc.ssl_server_credentials([(self.key, self.chain)])
 
 
 def _no_passphrase() -> bytes:
@@ -59,3 +66,66 @@ def _read(path: Path, option: str) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise TlsError(f"cannot read {option} {path}: {exc.strerror or exc}") from None
+
+
+class RotatingCertificate:
+    """The current ``ServerCertificate`` of a pair of files, taken again whenever the files change.
+
+    ``refresh`` compares the files' modification times and sizes (two ``stat`` calls); gRPC calls
+    ``fetch`` before every new connection's handshake, and the server calls ``refresh`` every few
+    seconds for the HTTP gateway, whose ``context`` is updated in place.
+    """
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.cert, self.key = cert, key
+        self.current = ServerCertificate.load(cert, key)
+        self.context = self.current.context
+        self._stamp = self._stat()
+        self._generation = 0
+        self._served = 0  # the generation gRPC has
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[int, ...]:
+        try:
+            cert, key = os.stat(self.cert), os.stat(self.key)
+        except OSError:
+            return ()
+        return cert.st_mtime_ns, cert.st_size, cert.st_ino, key.st_mtime_ns, key.st_size, key.st_ino
+
+    def refresh(self) -> bool:
+        """Take the files again if they changed; True when a new pair is in use."""
+        with self._lock:
+            stamp = self._stat()
+            if not stamp or stamp == self._stamp:
+                return False
+            self._stamp = stamp
+            try:
+                loaded = ServerCertificate.load(self.cert, self.key)
+                self.context.load_cert_chain(self.cert, self.key, password=_no_passphrase)
+            except (TlsError, ssl.SSLError, OSError) as exc:  # half-written, or a mismatch: keep serving
+                log.error("TLS certificate files changed but cannot be used, keeping the current pair: %s", exc)
+                return False
+            self.current = loaded
+            self._generation += 1
+        log.info("TLS certificate reloaded from %s", self.cert)
+        return True
+
+    def grpc_credentials(self) -> Any:
+        import grpc
+
+        initial = grpc.ssl_server_certificate_configuration([(self.current.key, self.current.chain)])
+        return grpc.dynamic_ssl_server_credentials(initial, self._fetch)
+
+    def _fetch(self) -> Any:
+        """gRPC's hook before each new connection's handshake: a new configuration, or None for no change."""
+        import grpc
+
+        try:
+            self.refresh()
+            if self._served == self._generation:
+                return None
+            self._served = self._generation
+            return grpc.ssl_server_certificate_configuration([(self.current.key, self.current.chain)])
+        except Exception:  # an exception here would fail the handshake: keep the current pair
+            log.exception("checking the TLS certificate files failed")
+            return None

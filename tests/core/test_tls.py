@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import ROOT, SUPERVISOR
+from tests.conftest import ROOT, SUPERVISOR, wait_until
 from tests.core.test_sharding import run_owned_by, shard_pid
 from trainer_sdk import connect
 
@@ -192,3 +192,29 @@ def test_serve_refuses_a_certificate_it_cannot_use_by_name(tmp_path, certs, case
                             capture_output=True, text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)
     assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert not (tmp_path / "s.db").exists()
+
+
+def test_a_renewed_certificate_is_taken_without_a_restart_and_a_broken_one_is_not(tmp_path, supervisor_factory):
+    cert, key = self_signed(tmp_path, "served")  # the files serve reads; renewed in place below
+    first = tmp_path / "first.pem"
+    first.write_bytes(cert.read_bytes())
+    sup = supervisor_factory(tmp_path / "r.db", args=("--tls-cert", str(cert), "--tls-key", str(key)))
+
+    def answers(ca: Path, address: str) -> bool:
+        return sup.cli("runs", "--tls-ca", str(ca), check=False, address=address).returncode == 0
+
+    assert answers(first, sup.address) and answers(first, sup.http_address)
+
+    stranger, _ = self_signed(tmp_path, "stranger")
+    cert.write_bytes(stranger.read_bytes())  # half-way through a renewal: a certificate without its key
+    assert answers(first, sup.address)  # the connection's check found the pair broken and kept the old one
+    assert "cannot be used, keeping the current pair" in sup.log.read_text()
+    assert answers(first, sup.http_address)
+
+    renewed, renewed_key = self_signed(tmp_path, "renewed")
+    cert.write_bytes(renewed.read_bytes())
+    key.write_bytes(renewed_key.read_bytes())
+    assert answers(renewed, sup.address) and not answers(first, sup.address)  # gRPC: from the next connection
+    wait_until(lambda: answers(renewed, sup.http_address), timeout=30, message="the gateway's renewed certificate")
+    assert not answers(first, sup.http_address)
+    assert sup.log.read_text().count("TLS certificate reloaded") == 1
