@@ -19,6 +19,9 @@ runs); in this process, connected sessions and a poller thread that reads
     while the kick propagates); the KickPolicy sets lr=v when it sees the
     point; latency = poller's first sight of v - just before report(). Once with
     the SDK's default flush_interval and once with 1 ms.
+(e) TLS: (a) and (c) against a plaintext supervisor and one started with
+    ``--tls-cert``, alternated change by change, and the CLI's ``set`` over
+    http:// and https:// (``--tls-ca``), alternated run by run.
 
 Two poller modes: ``spin`` reads in a tight loop (the measurement as
 specified; the spinning thread holds the GIL, and CPython hands it over only
@@ -35,6 +38,8 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -307,6 +312,93 @@ def _phase_cli(sup: SupervisorProcess, n: int) -> dict[str, list[float]]:
     return out
 
 
+@dataclass
+class _Side:
+    """One supervisor of the TLS phase, with its session, operator client and Health stub."""
+
+    name: str
+    sup: SupervisorProcess
+    ca: str | None
+    session: Any
+    client: Any
+    channel: Any
+
+    @cached_property
+    def health(self) -> Any:
+        return health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.client.close()
+        self.channel.close()
+        self.session.close()
+
+
+def _phase_tls(n_api: int, n_cli: int) -> dict[str, list[Any]]:
+    """What TLS costs: the same API set and Health.Check against a plaintext supervisor and one started with
+    ``--tls-cert``, alternated sample by sample, and the CLI's ``set`` over http:// and https://."""
+    import tempfile
+
+    from bench._certs import self_signed
+    from supervisor.client import OperatorClient
+    from trainer_sdk import Float, connect
+    from trainer_sdk._tls import secure_or_insecure_channel, tls_trust
+
+    cert, key = self_signed(Path(tempfile.mkdtemp(prefix="bench-tls-")), "bench")
+    spec = {"lr": Float(0.05, min=1e-5, max=1.0, log=True)}
+    env = {"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    out: dict[str, list[Any]] = {"lost": []}
+    with SupervisorProcess() as plain, SupervisorProcess(args=("--tls-cert", str(cert), "--tls-key", str(key))) as tls:
+        sides = [
+            _Side(name, sup, ca, connect(f"bench-tls-{name}", spec, address=sup.address, telemetry=False, tls_ca=ca),
+                  OperatorClient(sup.address, tls_ca=ca), secure_or_insecure_channel(sup.address, tls_trust(ca)))
+            for name, sup, ca in (("plain", plain, None), ("tls", tls, str(cert)))
+        ]
+        for side in sides:
+            for kind in ("api_ms", "health_ms", "cli_ms"):
+                out[f"{side.name}_{kind}"] = []
+        poller = Poller([side.session for side in sides], "sleep")
+
+        def visible(index: int, side: _Side, kind: str, v: float, t0: int) -> None:
+            seen = poller.wait_for(index, v)
+            if seen is None:
+                out["lost"].append((f"{side.name}-{kind}", v))
+            else:
+                out[f"{side.name}_{kind}_ms"].append((seen - t0) / 1e6)
+
+        try:
+            if not all(side.session.wait_connected(30) for side in sides):
+                raise RuntimeError("sessions did not connect")
+            poller.start()
+            for side in sides:
+                for _ in range(20):
+                    _health(side.health)
+                side.client.runs()
+            rng = random.Random(1)
+            for i, v in enumerate(_values(n_api, 0.013)):
+                for index in (0, 1) if i % 2 == 0 else (1, 0):
+                    side = sides[index]
+                    out[f"{side.name}_health_ms"].append(_health(side.health))
+                    t0 = time.perf_counter_ns()
+                    side.client.set(side.session.run, {"lr": v})
+                    visible(index, side, "api", v, t0)
+                    time.sleep(rng.uniform(0.002, 0.01))
+            cli = _cli_command()
+            for i, v in enumerate(_values(n_cli, 0.017)):  # the HTTP gateway: what a one-shot command pays for TLS
+                for index in (0, 1) if i % 2 == 0 else (1, 0):
+                    side = sides[index]
+                    tls_args = ["--tls-ca", side.ca] if side.ca else []
+                    t0 = time.perf_counter_ns()
+                    subprocess.run([*cli, "set", side.session.run, f"lr={v!r}", "--address", side.sup.http_address,
+                                    *tls_args], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
+                    visible(index, side, "cli", v, t0)
+        finally:
+            poller.stop.set()
+            poller.join(2)
+            for side in sides:
+                side.close()
+    return out
+
+
 def run(quick: bool, out: Path | None = None) -> Result:
     result = Result("control latency")
     n_api, n_kick, n_cli = (60, 30, 6) if quick else (300, 200, 40)
@@ -315,6 +407,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
         for mode in ("spin", "sleep"):
             data[mode] = _phase_api_policy(sup, mode, n_api, n_kick)
         data["cli"] = _phase_cli(sup, n_cli)
+    data["tls"] = _phase_tls(n_api, n_cli)
     for mode in ("spin", "sleep"):
         d = data[mode]
         api, hc, pol, rpc = (summary(d[k]) for k in ("api_ms", "health_ms", "policy_ms", "api_rpc_ms"))
@@ -364,6 +457,24 @@ def run(quick: bool, out: Path | None = None) -> Result:
                     f"the target is judged on the HTTP path above; lost {sum(1 for x in c['lost'] if x[0] == 'cli')}")
     data["cli_summary"] = {"visible_ms": cli, "exit_ms": ex, "http_visible_ms": web, "http_exit_ms": web_ex,
                            "python_pass_ms": pp, "python_import_ms": pi}
+    t = data["tls"]
+    tls_sum = {k: summary(t[k]) for k in t if k.endswith("_ms")}
+    p_api, t_api, p_hc, t_hc = (tls_sum[k] for k in ("plain_api_ms", "tls_api_ms", "plain_health_ms", "tls_health_ms"))
+    result.row("(e) API set -> visible over TLS p50 / p99", f"{t_api['p50']:.2f} / {t_api['p99']:.2f}", "ms",
+               note=f"{t_api['p50'] / p_api['p50']:.2f}x plaintext's p50 ({p_api['p50']:.2f} / {p_api['p99']:.2f} ms) "
+                    f"and {t_api['p50'] / t_hc['p50']:.2f}x its own round trip; two supervisors, one with --tls-cert, "
+                    f"alternated change by change ({t_api['n']} each, sessions with the thread transport); "
+                    f"Health.Check p50 {t_hc['p50']:.2f} ms over TLS, {p_hc['p50']:.2f} ms plaintext; "
+                    f"lost {sum(1 for x in t['lost'] if x[0] == 'tls-api')}")
+    p_cli, t_cli = tls_sum["plain_cli_ms"], tls_sum["tls_cli_ms"]
+    lost_cli = sum(1 for x in t["lost"] if x[0] == "tls-cli")
+    result.row("(e) CLI `supervisor set` over https:// -> visible p50 / p90",
+               f"{t_cli['p50']:.1f} / {t_cli['p90']:.1f}", "ms",
+               target=f"<= {CLI_TARGET_MS:g} ms (LiveTune, quoted)", met=t_cli["p50"] <= CLI_TARGET_MS,
+               note=f"{t_cli['n']} runs alternated with http:// to a plaintext supervisor in the same phase "
+                    f"(p50 {p_cli['p50']:.1f}, p90 {p_cli['p90']:.1f} ms): importing ssl and the handshake cost "
+                    f"{t_cli['p50'] - p_cli['p50']:+.1f} ms at p50; lost {lost_cli}")
+    data["tls_summary"] = tls_sum
     result.data = data
     if out is not None:
         result.plots.append(_plot(data, out))
