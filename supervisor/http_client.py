@@ -174,14 +174,20 @@ def _tls_context(address: str, tls_ca: str | None) -> Any:
                 "use https://HOST:PORT"
             )
         return None
-    import ssl  # only here: plain HTTP keeps its start-up time
+    import ssl  # only here: plain HTTP keeps its start-up time (and trainer_sdk._tls would import the SDK)
 
-    from trainer_sdk._tls import tls_trust
-
-    trust = tls_trust(tls_ca)
-    if trust is None:  # an https:// address alone: the system's roots, as a browser would
+    if tls_ca is None or tls_ca == "system":  # the system's roots, as a browser would
         return ssl.create_default_context()
-    return ssl.create_default_context(cadata=trust.roots.decode("ascii"))
+    where = "(--tls-ca / $SUPERVISOR_TLS_CA)"
+    try:
+        return ssl.create_default_context(cafile=tls_ca)
+    except ssl.SSLError as exc:
+        raise ValueError(f"{tls_ca!r} {where} holds a certificate that cannot be read ({exc.reason or exc})") from None
+    except OSError as exc:
+        raise ValueError(
+            f"cannot read the TLS certificate authority file {tls_ca!r} {where}: {exc.strerror or exc}; give a PEM "
+            "file, or 'system' for the system's roots"
+        ) from None
 
 
 def _handshake(context: Any, raw: Any, host: str) -> Any:

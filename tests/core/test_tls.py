@@ -11,6 +11,7 @@ import pytest
 
 from bench._certs import self_signed
 from tests.conftest import ROOT, SUPERVISOR, wait_until
+from tests.core.test_http_gateway import _imported
 from tests.core.test_sharding import run_owned_by, shard_pid
 from trainer_sdk import connect
 
@@ -182,3 +183,12 @@ def test_a_renewed_certificate_is_taken_without_a_restart_and_a_broken_one_is_no
     wait_until(lambda: answers(renewed, sup.http_address), timeout=30, message="the gateway's renewed certificate")
     assert not answers(first, sup.http_address)
     assert sup.log.read_text().count("TLS certificate reloaded") == 1
+
+
+def test_the_https_path_adds_only_ssl_to_the_http_paths_imports(tls_supervisor, certs):
+    result, modules = _imported(["runs", "--address", tls_supervisor.http_address, "--tls-ca", str(certs["cert"]),
+                                 "--token", "s3"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ssl" in modules  # the measurement works
+    heavy = sorted(m for m in modules if m.split(".")[0] in ("grpc", "google", "asyncio", "trainer_sdk"))
+    assert not heavy, heavy
