@@ -470,7 +470,6 @@ def run(quick: bool, out: Path | None = None) -> Result:
     lost_cli = sum(1 for x in t["lost"] if x[0] == "tls-cli")
     result.row("(e) CLI `supervisor set` over https:// -> visible p50 / p90",
                f"{t_cli['p50']:.1f} / {t_cli['p90']:.1f}", "ms",
-               target=f"<= {CLI_TARGET_MS:g} ms (LiveTune, quoted)", met=t_cli["p50"] <= CLI_TARGET_MS,
                note=f"{t_cli['n']} runs alternated with http:// to a plaintext supervisor in the same phase "
                     f"(p50 {p_cli['p50']:.1f}, p90 {p_cli['p90']:.1f} ms): importing ssl and the handshake cost "
                     f"{t_cli['p50'] - p_cli['p50']:+.1f} ms at p50; lost {lost_cli}")
