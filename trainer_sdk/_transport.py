@@ -55,8 +55,8 @@ def _tls_hint(details: str, tls: bool) -> str:
     """Advice when an outage looks like a TLS mismatch rather than a supervisor that is down."""
     if tls and any(word in details for word in ("handshake", "SSL", "certificate", "Verification")):
         return (
-            " - check tls_ca / $SUPERVISOR_TLS_CA (the authority that signed the supervisor's certificate) and that"
-            " the certificate names the host in the address"
+            " - check that the supervisor serves TLS (--tls-cert), that tls_ca / $SUPERVISOR_TLS_CA holds the"
+            " authority that signed its certificate, and that the certificate names the host in the address"
         )
     if not tls and "Socket closed" in details:
         return " - if the supervisor serves TLS (--tls-cert), connect with tls_ca= / $SUPERVISOR_TLS_CA"

@@ -97,7 +97,7 @@ def test_a_trainer_with_the_wrong_authority_trains_on_and_logs_why(tls_superviso
             assert hp.lr == 0.1
         finally:
             hp.close(timeout=0.5)
-    assert "check tls_ca / $SUPERVISOR_TLS_CA" in caplog.text
+    assert "that tls_ca / $SUPERVISOR_TLS_CA holds the authority that signed its certificate" in caplog.text
 
 
 def test_connect_names_an_authority_file_it_cannot_use(tmp_path):
