@@ -56,7 +56,6 @@ class ServerCertificate:
         return cls(chain=chain, key=secret, context=context)
 
 
-
 def _no_passphrase() -> bytes:
     raise TlsError("--tls-key asks for a passphrase: give the key without one")
 
@@ -71,9 +70,9 @@ def _read(path: Path, option: str) -> bytes:
 class RotatingCertificate:
     """The current ``ServerCertificate`` of a pair of files, taken again whenever the files change.
 
-    ``refresh`` compares the files' modification times and sizes (two ``stat`` calls); gRPC calls
-    ``fetch`` before every new connection's handshake, and the server calls ``refresh`` every few
-    seconds for the HTTP gateway, whose ``context`` is updated in place.
+    ``refresh`` compares the files' modification times, sizes and inodes (two ``stat`` calls); gRPC
+    calls ``_fetch`` before every new connection's handshake, and the server calls ``refresh`` every
+    few seconds for the HTTP gateway, whose ``context`` is updated in place.
     """
 
     def __init__(self, cert: Path, key: Path) -> None:

@@ -3,9 +3,10 @@
 ``tls_ca`` (``connect``'s argument, the CLI's ``--tls-ca``, or
 ``$SUPERVISOR_TLS_CA``) is either a PEM file of the certificate authority that
 signed the supervisor's certificate (or that self-signed certificate itself),
-or ``"system"`` for the operating system's trusted roots (not the bundle inside grpcio). Without it, connections are
-plaintext, as before. The files are read once, when the session or client is
-made, so a wrong path fails there with its name rather than at every reconnect.
+or ``"system"`` for the operating system's trusted roots (not the bundle inside
+grpcio). Without it, connections are plaintext, as before. The files are read
+once, when the session or client is made, so a wrong path fails there with its
+name rather than at every reconnect.
 """
 
 from __future__ import annotations
