@@ -191,6 +191,19 @@ class SupervisorServer:
         return child_argv(self.config, index, front_port=self.port, rules=self.router.population, socket=socket)
 
     async def start(self) -> None:
+        try:
+            await self._start()
+        except BaseException:  # e.g. the HTTP port is taken: leave no child shard and no socket folder behind
+            if self.shards is not None:
+                await self.shards.stop()
+            self._remove_socket_dir()
+            raise
+
+    def _remove_socket_dir(self) -> None:
+        if self._socket_dir is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
+
+    async def _start(self) -> None:
         if self.shards is not None:  # before this one serves: it redirects trainers to them
             await self.shards.start()
         await self.core.start()
@@ -278,8 +291,7 @@ class SupervisorServer:
         if self.metrics is not None:
             self.metrics.close()
         self.db.close()
-        if self._socket_dir is not None:
-            shutil.rmtree(self._socket_dir, ignore_errors=True)
+        self._remove_socket_dir()
 
 
 async def _set_health(servicer: Any, status: int) -> None:
