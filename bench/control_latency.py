@@ -257,6 +257,11 @@ def _policy_breakdown(client: Any, run: str, kicks: list[tuple[float, float]]) -
     return {"policy_report_to_decision_ms": to_decision, "policy_decision_to_applied_ms": to_applied}
 
 
+def _cli_env() -> dict[str, str]:
+    """A CLI subprocess's environment: this interpreter's scripts on PATH, the repository importable."""
+    return {"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+
+
 def _cli_command() -> list[str]:
     script = Path(PYTHON).with_name("supervisor")
     return [str(script)] if script.exists() else [PYTHON, "-m", "supervisor"]
@@ -269,7 +274,7 @@ def _phase_cli(sup: SupervisorProcess, n: int) -> dict[str, list[float]]:
     out: dict[str, list[Any]] = {"cli_visible_ms": [], "cli_exit_ms": [], "cli_http_visible_ms": [],
                                  "cli_http_exit_ms": [], "python_pass_ms": [], "python_import_ms": [], "lost": []}
     poller = Poller([hp], "sleep")
-    env = {"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    env = _cli_env()
     cli = _cli_command()
 
     def timed(cmd: list[str]) -> float:
@@ -345,7 +350,7 @@ def _phase_tls(n_api: int, n_cli: int) -> dict[str, list[Any]]:
 
     cert, key = self_signed(Path(tempfile.mkdtemp(prefix="bench-tls-")), "bench")
     spec = {"lr": Float(0.05, min=1e-5, max=1.0, log=True)}
-    env = {"PATH": str(Path(PYTHON).parent) + ":/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
+    env = _cli_env()
     out: dict[str, list[Any]] = {"lost": []}
     with SupervisorProcess() as plain, SupervisorProcess(args=("--tls-cert", str(cert), "--tls-key", str(key))) as tls:
         sides = [

@@ -85,7 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         code, details = failure
         address = getattr(args, "address", "")
         tls = getattr(args, "tls_ca", None) or os.environ.get("SUPERVISOR_TLS_CA") or address.startswith("https")
-        tls_failed = tls and any(word in details for word in ("handshake", "SSL", "CERTIFICATE", "Verification"))
+        tls_failed = plaintext_refused = False
+        if tls or not is_http(address):  # plain http:// stays on the standard library, its refusals too
+            from trainer_sdk._tls import closed_at_hello, handshake_failed
+
+            tls_failed = bool(tls) and handshake_failed(details)
+            plaintext_refused = not getattr(args, "tls_ca", None) and closed_at_hello(details)
         if code in ("UNAVAILABLE", "UNKNOWN") and tls_failed:
             print(
                 f"error: the TLS handshake with {args.address} failed ({details}); pass the certificate authority "
@@ -95,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
             hint = ""
-            if "Socket closed" in details and not getattr(args, "tls_ca", None):
+            if plaintext_refused:
                 hint = "; if the supervisor serves TLS (--tls-cert), pass --tls-ca / $SUPERVISOR_TLS_CA"
             print(
                 f"error: no supervisor answers at {args.address} ({details}); start one with "
@@ -682,15 +687,14 @@ def _top(args: argparse.Namespace) -> int:
             f"top speaks gRPC: pass the supervisor's gRPC address (HOST:PORT, `listening on` line), not {args.address}"
         )
     from supervisor.top import run_top
-    from trainer_sdk._tls import tls_trust
+    from trainer_sdk._tls import TlsConfigError
 
     try:
-        tls_trust(args.tls_ca)  # a wrong file is a usage error, named, before the view starts
-    except ValueError as exc:
+        return run_top(
+            args.address, token=args.token, tls_ca=args.tls_ca, refresh=args.refresh, run_glob=args.glob, once=args.once
+        )
+    except TlsConfigError as exc:  # a wrong file is a usage error, named (raised before the view starts)
         raise UsageError(str(exc)) from None
-    return run_top(
-        args.address, token=args.token, tls_ca=args.tls_ca, refresh=args.refresh, run_glob=args.glob, once=args.once
-    )
 
 
 def _replay(args: argparse.Namespace) -> int:

@@ -20,6 +20,10 @@ SYSTEM_ROOTS = "system"
 ENV_VAR = "SUPERVISOR_TLS_CA"
 
 
+class TlsConfigError(ValueError):
+    """``tls_ca`` names nothing a client can trust: the message says which file and why."""
+
+
 @dataclass(frozen=True)
 class TlsTrust:
     """What a TLS client trusts: ``roots`` (PEM bytes), read from ``source`` (a file, or "system")."""
@@ -31,7 +35,7 @@ class TlsTrust:
 def tls_trust(tls_ca: str | None) -> TlsTrust | None:
     """``tls_ca`` (or ``$SUPERVISOR_TLS_CA``) as what to trust; None for plaintext.
 
-    Raises ValueError naming the file when it cannot be read or holds no usable PEM certificate.
+    Raises TlsConfigError (a ValueError) naming the file when it cannot be read or holds no usable PEM certificate.
     """
     tls_ca = tls_ca or os.environ.get(ENV_VAR) or None
     if tls_ca is None:
@@ -42,13 +46,13 @@ def tls_trust(tls_ca: str | None) -> TlsTrust | None:
         with open(tls_ca, "rb") as file:
             roots = file.read()
     except OSError as exc:
-        raise ValueError(
+        raise TlsConfigError(
             f"cannot read the TLS certificate authority file {tls_ca!r} (tls_ca / --tls-ca / ${ENV_VAR}): "
             f"{exc.strerror or exc}; give a PEM file, or {SYSTEM_ROOTS!r} for the system's roots"
         ) from None
     problem = _pem_problem(roots)
     if problem:
-        raise ValueError(
+        raise TlsConfigError(
             f"{tls_ca!r} (tls_ca / --tls-ca / ${ENV_VAR}) {problem}: give the certificate authority's certificate "
             "(PEM), or the supervisor's own if it is self-signed"
         )
@@ -74,7 +78,7 @@ def _system_roots() -> bytes:
         if path and os.path.isfile(path):
             with open(path, "rb") as file:
                 return file.read()
-    raise ValueError(
+    raise TlsConfigError(
         f"found no certificate bundle of this system (set $SSL_CERT_FILE, or give tls_ca / --tls-ca / ${ENV_VAR} "
         "a PEM file)"
     )
@@ -100,3 +104,15 @@ def secure_or_insecure_channel(target: str, trust: TlsTrust | None, options: Seq
     if trust is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=trust.roots), options=options)
+
+
+def handshake_failed(details: str) -> bool:
+    """Whether a failed call's details say the TLS handshake failed: an authority that did not sign the
+    certificate, a certificate for another name, or a peer that does not speak TLS."""
+    lowered = details.lower()
+    return any(word in lowered for word in ("handshake", "ssl", "certificate", "verification"))
+
+
+def closed_at_hello(details: str) -> bool:
+    """Whether the peer closed the connection at once, as a TLS-only server does to a plaintext client."""
+    return "Socket closed" in details

@@ -33,7 +33,7 @@ import grpc
 from trainer_sdk import _wire
 from trainer_sdk._points import PointConverter
 from trainer_sdk._state import ConnectOptions, Delta, SessionState
-from trainer_sdk._tls import secure_or_insecure_channel
+from trainer_sdk._tls import closed_at_hello, handshake_failed, secure_or_insecure_channel
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
@@ -53,12 +53,12 @@ _CHANNEL_OPTIONS = [
 
 def _tls_hint(details: str, tls: bool) -> str:
     """Advice when an outage looks like a TLS mismatch rather than a supervisor that is down."""
-    if tls and any(word in details for word in ("handshake", "SSL", "certificate", "Verification")):
+    if tls and handshake_failed(details):
         return (
             " - check that the supervisor serves TLS (--tls-cert), that tls_ca / $SUPERVISOR_TLS_CA holds the"
             " authority that signed its certificate, and that the certificate names the host in the address"
         )
-    if not tls and "Socket closed" in details:
+    if not tls and closed_at_hello(details):
         return " - if the supervisor serves TLS (--tls-cert), connect with tls_ca= / $SUPERVISOR_TLS_CA"
     return ""
 
