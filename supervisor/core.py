@@ -7,11 +7,12 @@ messages to these calls and SupervisorError subclasses to status codes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
 
 from supervisor.batches import from_wire
 from supervisor.connections import IngestItem, IngestWriter, Receipts, TrainerStream
@@ -30,6 +31,48 @@ ADOPT = pb.CHANGE_KIND_ADOPT
 
 class BadSession(SupervisorError):
     """A trainer's Hello that cannot be accepted (maps to INVALID_ARGUMENT)."""
+
+
+M = TypeVar("M", bound=Callable[..., Awaitable[Any]])
+
+
+def _to_the_end(cleanup: Callable[[Supervisor, Any], None] | None = None) -> Callable[[M], M]:
+    """Run the method in a task of its own, which goes on when its caller is cancelled.
+
+    Why: grpc.aio cancels a handler when its client goes away or its deadline
+    passes. Cancelled between a durable write and the memory that mirrors it,
+    a change was in the database but not in the run's state: its trainers never
+    heard of it, and the run's next change took the same version again and
+    failed on the database's uniqueness check until a restart. ``cleanup``
+    gets what the method returned when nobody was left to take it (a session
+    opened for a trainer that had gone: nobody else would close it).
+    """
+
+    def decorate(method: M) -> M:
+        @functools.wraps(method)
+        async def run(self: Supervisor, *args: Any, **kwargs: Any) -> Any:
+            task = asyncio.ensure_future(method(self, *args, **kwargs))
+            try:
+                return await asyncio.shield(task)
+            except asyncio.CancelledError:
+                task.add_done_callback(functools.partial(_abandoned, self, method.__name__, cleanup))
+                raise
+
+        return run  # type: ignore[return-value]
+
+    return decorate
+
+
+def _abandoned(core: Supervisor, name: str, cleanup: Callable[[Supervisor, Any], None] | None, task: Any) -> None:
+    """The end of a ``_to_the_end`` task whose caller left: its result or failure has nobody else to go to."""
+    if task.cancelled():
+        return
+    error = task.exception()
+    if error is None:
+        if cleanup is not None:
+            cleanup(core, task.result())
+    elif not isinstance(error, SupervisorError):  # a refusal was the caller's to hear, and it left
+        log.error("%s failed after its caller went away", name, exc_info=error)
 
 
 class _NoMetrics:
@@ -96,6 +139,7 @@ class Supervisor:
 
     # -- trainer sessions ------------------------------------------------------------------
 
+    @_to_the_end(cleanup=lambda core, opened: core.close_session(opened[0]))
     async def open_session(
         self, hello: pb.Hello, peer: str
     ) -> tuple[TrainerStream, RunState, list[pb.ConnectResponse]]:
@@ -388,6 +432,7 @@ class Supervisor:
 
     # -- changes ---------------------------------------------------------------------------
 
+    @_to_the_end()
     async def set_params(
         self,
         name: str,
@@ -435,6 +480,7 @@ class Supervisor:
             )
         return version, old
 
+    @_to_the_end()
     async def fire_trigger(
         self,
         name: str,
@@ -465,6 +511,7 @@ class Supervisor:
             )
         return version
 
+    @_to_the_end()
     async def release(self, name: str, params: Iterable[str]) -> list[str]:
         run = self.get(name)
         names = list(params)

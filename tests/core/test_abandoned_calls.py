@@ -1,0 +1,78 @@
+"""A call whose client gives up (a deadline, a dropped connection) still finishes what it started.
+
+grpc.aio cancels a handler when its client goes away. To make that happen in
+the middle of a durable write every time, the test holds SQLite's write lock
+on the supervisor's real database file from a connection of its own, so the
+supervisor's write waits until the client's deadline has passed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from supervisor.client import OperatorClient
+from tests.conftest import wait_until
+from tests.core.test_bad_input import hello
+from trainer_sdk import Float, connect
+from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
+
+
+@contextmanager
+def database_locked(db: Path) -> Iterator[None]:
+    """Hold the write lock of ``db``: the supervisor's next write waits (its busy timeout is 30 s)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def test_a_change_whose_caller_gave_up_is_recorded_and_sent_and_the_run_takes_the_next(supervisor):
+    hp = connect("patient", {"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address, telemetry=False)
+    client = OperatorClient(supervisor.address)
+    impatient = OperatorClient(supervisor.address, timeout=0.5)
+    try:
+        assert hp.wait_connected(10)
+        with database_locked(supervisor.db):
+            with pytest.raises(grpc.RpcError) as info:
+                impatient.set("patient", {"lr": 0.2})
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The abandoned change was recorded once the lock was released, and reached the trainer.
+        wait_until(lambda: hp.lr == 0.2, timeout=10, message="the abandoned change never reached the trainer")
+        assert hp.version == 1
+        # Before the fix the run's memory stayed at version 0: this change took version 1 again and failed.
+        assert client.set("patient", {"lr": 0.3}).version == 2
+        wait_until(lambda: hp.lr == 0.3, timeout=10)
+        assert [entry.version for entry in client.history("patient") if entry.version] == [1, 2]
+    finally:
+        hp.close()
+        client.close()
+        impatient.close()
+
+
+def test_a_session_whose_trainer_left_during_its_hello_is_closed_and_its_run_stays_usable(supervisor):
+    channel = grpc.insecure_channel(supervisor.address)
+    with database_locked(supervisor.db):
+        call = pb_grpc.TrainerServiceStub(channel).Connect(iter([hello(run="left")]), timeout=0.5)
+        with pytest.raises(grpc.RpcError) as info:
+            list(call)
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    channel.close()
+    # The run was created once the lock was released; the session nobody holds is closed.
+    wait_until(lambda: "version" in supervisor.run("left"), timeout=10, message="the abandoned Hello's run is missing")
+    wait_until(lambda: not supervisor.run("left")["connected"], timeout=10, message="the abandoned session stayed open")
+    # Before the fix the run was in the database and not in memory: every later Hello failed to create it again.
+    hp = connect("left", {"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address, telemetry=False)
+    try:
+        assert hp.wait_connected(10)
+        wait_until(lambda: supervisor.run("left").get("connected") is True, timeout=10)
+    finally:
+        hp.close()
