@@ -392,11 +392,14 @@ def _phase_tls(n_api: int, n_cli: int) -> dict[str, list[Any]]:
             for i, v in enumerate(_values(n_api, 0.013)):
                 for index in (0, 1) if i % 2 == 0 else (1, 0):
                     side = sides[index]
-                    out[f"{side.name}_health_ms"].append(_health(side.health))
-                    t0 = time.perf_counter_ns()
-                    side.client.set(side.session.run, {"lr": v})
-                    visible(index, side, "api", v, t0)
-                    time.sleep(rng.uniform(0.002, 0.01))
+                    for probe in ("health", "api") if i % 4 < 2 else ("api", "health"):  # as in (a): gaps, both orders
+                        time.sleep(rng.uniform(0.002, 0.01))
+                        if probe == "health":
+                            out[f"{side.name}_health_ms"].append(_health(side.health))
+                        else:
+                            t0 = time.perf_counter_ns()
+                            side.client.set(side.session.run, {"lr": v})
+                            visible(index, side, "api", v, t0)
             cli = _cli_command()
             for i, v in enumerate(_values(n_cli, 0.017)):  # the HTTP gateway: what a one-shot command pays for TLS
                 for index in (0, 1) if i % 2 == 0 else (1, 0):

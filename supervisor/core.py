@@ -608,8 +608,8 @@ class Supervisor:
                     sent = True
             if sent:
                 # Let the streams' writers put the delta on the wire before this task goes on
-                # to the operator's reply and the metrics: the trainers first (measured: a
-                # change became visible 0.2 ms sooner at the median, 2.6 ms before).
+                # to the operator's reply and the metrics: the trainers first (measured with the
+                # thread transport: a change became visible 0.2 ms sooner at the median, of 2.6 ms).
                 await asyncio.sleep(0)
             if changes:
                 self.metrics.record_change(run.name, list(changes), source, now)
