@@ -365,6 +365,7 @@ class Supervisor:
             self.metrics.set_pacing(target)
         return message
 
+    @_to_the_end()
     async def goodbye(self, stream: TrainerStream, outcome: int) -> None:
         run = self.get(stream.run)
         run.outcome = outcome

@@ -33,3 +33,13 @@ class HistoryProbe(Policy):
         self.told = True
         steps = [step for step, _ in run.history("val_loss")]
         return [SetParams(changes={"lr": 0.001 * len(steps)}, reason=f"history steps {steps}")]
+
+
+class EndProbe(Policy):
+    """When a run ends, tells how in a decision's reason (so a test sees that ``on_run_end`` was called)."""
+
+    def observe(self, point, run):
+        return ()
+
+    def on_run_end(self, run, *, outcome, now):
+        return [SetParams(changes={"lr": 0.5}, reason=f"ended {outcome}")]

@@ -8,7 +8,9 @@ supervisor's write waits until the client's deadline has passed.
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,7 @@ from supervisor.client import OperatorClient
 from tests.conftest import wait_until
 from tests.core.test_bad_input import hello
 from trainer_sdk import Float, connect
+from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
 
 
@@ -76,3 +79,29 @@ def test_a_session_whose_trainer_left_during_its_hello_is_closed_and_its_run_sta
         wait_until(lambda: supervisor.run("left").get("connected") is True, timeout=10)
     finally:
         hp.close()
+
+
+def test_a_goodbye_whose_stream_was_cancelled_while_it_was_stored_still_ends_the_run_for_its_policies(
+    tmp_path, supervisor_factory
+):
+    # The SDK's close() cancels its call once its Goodbye is sent; the supervisor may still be storing it.
+    config = tmp_path / "policies.toml"
+    config.write_text('[[policy]]\nid = "end"\ntype = "tests.core.policies_for_tests:EndProbe"\nruns = "bye"\n')
+    supervisor = supervisor_factory(args=("--config", str(config)))
+    channel = grpc.insecure_channel(supervisor.address)
+    requests: queue.SimpleQueue = queue.SimpleQueue()
+    call = pb_grpc.TrainerServiceStub(channel).Connect(iter(requests.get, None), timeout=30)
+    requests.put(hello(run="bye"))
+    assert next(call).WhichOneof("message") == "welcome"
+    with database_locked(supervisor.db):
+        requests.put(pb.ConnectRequest(goodbye=pb.Goodbye(outcome=pb.RUN_OUTCOME_COMPLETED)))
+        time.sleep(0.3)  # read, and waiting for the database
+        call.cancel()
+        time.sleep(0.2)
+    channel.close()
+    # Before the fix the cancellation skipped telling the policies: 60 s later the run "vanished" instead.
+    wait_until(
+        lambda: any(e["reason"] == "ended completed" for e in supervisor.json("history", "bye")),
+        timeout=10,
+        message="the policy never heard that the run completed",
+    )
