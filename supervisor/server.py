@@ -281,6 +281,7 @@ class SupervisorServer:
             await asyncio.gather(self.server.stop(grace), self.http.stop(grace))
         else:
             await self.server.stop(grace)
+        await self.core.drain()  # calls whose clients left mid-way, before what they use stops
         if self.shards is not None:
             await self.shards.stop()
         elif self.router is not None:

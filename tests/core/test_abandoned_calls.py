@@ -9,6 +9,7 @@ supervisor's write waits until the client's deadline has passed.
 from __future__ import annotations
 
 import queue
+import signal
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -63,15 +64,14 @@ def test_a_change_whose_caller_gave_up_is_recorded_and_sent_and_the_run_takes_th
 
 def test_a_session_whose_trainer_left_during_its_hello_is_closed_and_its_run_stays_usable(supervisor):
     channel = grpc.insecure_channel(supervisor.address)
-    with database_locked(supervisor.db):
-        call = pb_grpc.TrainerServiceStub(channel).Connect(iter([hello(run="left")]), timeout=0.5)
-        with pytest.raises(grpc.RpcError) as info:
-            list(call)
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    channel.close()
-    # The run was created once the lock was released; the session nobody holds is closed.
-    wait_until(lambda: "version" in supervisor.run("left"), timeout=10, message="the abandoned Hello's run is missing")
-    wait_until(lambda: not supervisor.run("left")["connected"], timeout=10, message="the abandoned session stayed open")
+    try:
+        with database_locked(supervisor.db):
+            call = pb_grpc.TrainerServiceStub(channel).Connect(iter([hello(run="left")]), timeout=0.5)
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        channel.close()
     # Before the fix the run was in the database and not in memory: every later Hello failed to create it again.
     hp = connect("left", {"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address, telemetry=False)
     try:
@@ -79,6 +79,8 @@ def test_a_session_whose_trainer_left_during_its_hello_is_closed_and_its_run_sta
         wait_until(lambda: supervisor.run("left").get("connected") is True, timeout=10)
     finally:
         hp.close()
+    # The session opened for the Hello nobody waited for was closed too: nothing holds the run connected.
+    wait_until(lambda: not supervisor.run("left")["connected"], timeout=10, message="the abandoned session stayed open")
 
 
 def test_a_goodbye_whose_stream_was_cancelled_while_it_was_stored_still_ends_the_run_for_its_policies(
@@ -90,18 +92,44 @@ def test_a_goodbye_whose_stream_was_cancelled_while_it_was_stored_still_ends_the
     supervisor = supervisor_factory(args=("--config", str(config)))
     channel = grpc.insecure_channel(supervisor.address)
     requests: queue.SimpleQueue = queue.SimpleQueue()
-    call = pb_grpc.TrainerServiceStub(channel).Connect(iter(requests.get, None), timeout=30)
-    requests.put(hello(run="bye"))
-    assert next(call).WhichOneof("message") == "welcome"
-    with database_locked(supervisor.db):
-        requests.put(pb.ConnectRequest(goodbye=pb.Goodbye(outcome=pb.RUN_OUTCOME_COMPLETED)))
-        time.sleep(0.3)  # read, and waiting for the database
-        call.cancel()
-        time.sleep(0.2)
-    channel.close()
+    try:
+        call = pb_grpc.TrainerServiceStub(channel).Connect(iter(requests.get, None), timeout=30)
+        requests.put(hello(run="bye"))
+        assert next(call).WhichOneof("message") == "welcome"
+        with database_locked(supervisor.db):
+            requests.put(pb.ConnectRequest(goodbye=pb.Goodbye(outcome=pb.RUN_OUTCOME_COMPLETED)))
+            # The supervisor has read it (the outcome is in memory) and waits for the database.
+            wait_until(lambda: supervisor.run("bye")["outcome"] == "completed", timeout=10)
+            call.cancel()
+            time.sleep(0.2)
+    finally:
+        requests.put(None)
+        channel.close()
     # Before the fix the cancellation skipped telling the policies: 60 s later the run "vanished" instead.
     wait_until(
         lambda: any(e["reason"] == "ended completed" for e in supervisor.json("history", "bye")),
         timeout=10,
         message="the policy never heard that the run completed",
     )
+
+
+def test_calls_whose_callers_left_are_finished_before_a_graceful_stop(supervisor_factory):
+    supervisor = supervisor_factory()
+    hp = connect("two", {"lr": Float(0.1, min=0.0, max=1.0)}, address=supervisor.address, telemetry=False)
+    assert hp.wait_connected(10)
+    hp.close()  # no stream left open: the gRPC server's stop does not wait out its grace for one
+    impatient = OperatorClient(supervisor.address, timeout=0.5)
+    try:
+        with database_locked(supervisor.db):
+            for lr in (0.2, 0.3):  # the second waits for the run's lock, behind the first's write
+                with pytest.raises(grpc.RpcError):
+                    impatient.set("two", {"lr": lr})
+            supervisor.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+        assert supervisor.proc.wait(30) == 0
+    finally:
+        impatient.close()
+    # Before the stop waited for them, the second change met a closed database and was lost.
+    again = supervisor_factory(supervisor.db)
+    changes = [(e["version"], e["changes"]["lr"]["new"]) for e in again.json("history", "two") if e["version"]]
+    assert changes == [(1, 0.2), (2, 0.3)]
