@@ -98,6 +98,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "and check that the supervisor serves TLS (--tls-cert) with a certificate for the host you dial",
                 file=sys.stderr,
             )
+        elif (
+            code == "DEADLINE_EXCEEDED"
+            and args.command in ("set", "trigger", "release")
+            and "is recorded" not in details  # the client gave up; not the server's answer to --wait
+        ):
+            print(
+                f"error: no answer in time ({details}); the supervisor carries out a change it received even when "
+                f"its caller gives up, so check `supervisor history` before sending it again",
+                file=sys.stderr,
+            )
         elif code == "UNAVAILABLE" and "of this supervisor" not in details:  # nobody answered (not a shard's state)
             hint = ""
             if plaintext_refused:
