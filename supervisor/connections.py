@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from supervisor.batches import MetricColumns
-from supervisor.storage import Database, Store
+from supervisor.storage import AckRecord, Database, Store
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
 
@@ -109,7 +109,10 @@ class IngestWriter:
     """Group commit: batches that arrive while a commit runs go into the next one.
 
     One transaction per round keeps SQLite's cost per point low under load and
-    adds no delay when idle. Each stream is acknowledged only after the commit
+    adds no delay when idle. Policy state and trainers' acknowledgements ride
+    the same commits: none of them needs a commit of its own (none is written
+    ``synchronous=FULL``), and at a wave of policy decisions the writer's
+    jobs were half acknowledgements. Each stream is acknowledged only after the commit
     that stored its points. When more than ``max_pending`` values wait, readers
     pause (``submit`` awaits), so gRPC flow control pushes back on trainers,
     whose bounded buffers then drop their oldest points instead of the
@@ -133,6 +136,7 @@ class IngestWriter:
         self._room.set()
         self._task: asyncio.Task[None] | None = None
         self._states: dict[tuple[str, str], Any] = {}
+        self._acks: list[tuple[AckRecord, asyncio.Future[list[tuple[int, float]]]]] = []
         self._uncommitted: Counter[str] = Counter()  # per trainer session id: batches submitted, not committed
         self._committed = asyncio.Condition()
 
@@ -167,21 +171,39 @@ class IngestWriter:
             self._states[(policy, scope)] = state
         self._wakeup.set()
 
+    def record_acks(self, ack: AckRecord) -> asyncio.Future[list[tuple[int, float]]]:
+        """Store ``ack`` with the next commit; the future gets the (version, recorded time) it newly recorded."""
+        future: asyncio.Future[list[tuple[int, float]]] = asyncio.get_running_loop().create_future()
+        self._acks.append((ack, future))
+        self._wakeup.set()
+        return future
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             items, self._pending, self._pending_values = self._pending, [], 0
             states, self._states = self._states, {}
+            acks, self._acks = self._acks, []
             self._room.set()
-            if not items and not states:
+            if not items and not states and not acks:
                 continue
             try:
-                await self._db.write(
+                newly = await self._db.write(
                     Store.insert_metrics,
                     [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
                     [(policy, scope, state) for (policy, scope), state in states.items()],
+                    [ack for ack, _ in acks],
                 )
+            except BaseException as exc:
+                for _, future in acks:
+                    if not future.done():
+                        future.set_exception(exc)
+                raise
+            else:
+                for (_, future), versions in zip(acks, newly, strict=True):
+                    if not future.done():
+                        future.set_result(versions)
             finally:
                 self._uncommitted.subtract(i.stream.session_id for i in items)
                 self._uncommitted += Counter()  # drops the sessions at zero: the counter stays as small as the queue
@@ -194,7 +216,7 @@ class IngestWriter:
 
     async def stop(self) -> None:
         # Store what is already queued, then stop.
-        while self._pending or self._states:
+        while self._pending or self._states or self._acks:
             self._wakeup.set()
             await asyncio.sleep(0.01)
         if self._task is not None:

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from supervisor.batches import from_wire
 from supervisor.connections import IngestItem, IngestWriter, Receipts, TrainerStream
 from supervisor.runs import RefusedChange, RunState, SupervisorError, UnknownRun, param_from_dict, param_to_dict
-from supervisor.storage import ChangeRow, Database, Store
+from supervisor.storage import AckRecord, ChangeRow, Database, Store
 from trainer_sdk import _wire
 from trainer_sdk._params import Param
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
@@ -640,14 +640,10 @@ class Supervisor:
             return
         run.acked[stream.rank] = message.version
         now = time.time()
-        newly = await self.db.write(
-            Store.record_acks,
-            run.id,
-            stream.rank,
-            after=previous,
-            up_to=message.version,
-            step=message.step,
-            when=message.time or now,
+        newly = await self.writer.record_acks(
+            AckRecord(
+                run.id, stream.rank, after=previous, up_to=message.version, step=message.step, when=message.time or now
+            )
         )
         for _, recorded in newly:
             self.metrics.record_ack(run.name, max(0.0, now - recorded))

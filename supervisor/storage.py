@@ -158,6 +158,18 @@ class ChangeRow:
     acks: list[tuple[int, int, float]]  # (rank, step, time)
 
 
+@dataclass(frozen=True)
+class AckRecord:
+    """A trainer rank applied every version of a run in (after, up_to], at its step ``step`` and time ``when``."""
+
+    run_id: int
+    rank: int
+    after: int
+    up_to: int
+    step: int
+    when: float
+
+
 def _durable(method: Callable[..., T]) -> Callable[..., T]:
     """Mark a write that must reach the disk (synchronous=FULL) before its caller goes on."""
     method.durable = True  # type: ignore[attr-defined]
@@ -386,15 +398,18 @@ class Store:
     ) -> list[tuple[int, float]]:
         """Record that ``rank`` applied every version in (after, up_to]; return (version, recorded time)."""
         with self._txn():
-            newly = self._conn.execute(
-                "SELECT version, time FROM changes WHERE run_id = ? AND version > ? AND version <= ?"
-                " AND version NOT IN (SELECT version FROM acks WHERE run_id = ? AND rank = ?)",
-                (run_id, after, up_to, run_id, rank),
-            ).fetchall()
-            self._conn.executemany(
-                "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?)",
-                [(run_id, version, rank, step, when) for version, _ in newly],
-            )
+            return self._insert_acks(AckRecord(run_id, rank, after, up_to, step, when))
+
+    def _insert_acks(self, ack: AckRecord) -> list[tuple[int, float]]:
+        newly = self._conn.execute(
+            "SELECT version, time FROM changes WHERE run_id = ? AND version > ? AND version <= ?"
+            " AND version NOT IN (SELECT version FROM acks WHERE run_id = ? AND rank = ?)",
+            (ack.run_id, ack.after, ack.up_to, ack.run_id, ack.rank),
+        ).fetchall()
+        self._conn.executemany(
+            "INSERT OR IGNORE INTO acks VALUES (?, ?, ?, ?, ?)",
+            [(ack.run_id, version, ack.rank, ack.step, ack.when) for version, _ in newly],
+        )
         return [(int(v), float(t)) for v, t in newly]
 
     def acked_version(self, run_id: int, rank: int) -> int:
@@ -427,10 +442,13 @@ class Store:
         self,
         batches: Sequence[tuple[int, int, int, int, MetricColumns]],
         policy_states: Iterable[tuple[str, str, Any]] = (),
-    ) -> None:
+        acks: Sequence[AckRecord] = (),
+    ) -> list[list[tuple[int, float]]]:
         """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
 
-        Policy state saved since the last round goes into the same transaction.
+        Policy state saved since the last round, and trainers' acknowledgements
+        (``record_acks``; returned in order, each as the versions it newly
+        recorded), go into the same transaction.
         Callers pass only points newer than the session's stored seq, in order;
         the batch row carries its seqs, so a crash never leaves points stored
         without the seq that de-duplicates them. A few multi-row statements per
@@ -457,6 +475,7 @@ class Store:
                 )
             self._add_progress(rows)
             self._put_policy_states(policy_states)
+            return [self._insert_acks(ack) for ack in acks]
 
     def _add_progress(self, rows: list[tuple[Any, ...]]) -> None:
         """Fold a round's batch rows into ``session_progress``: one statement per few hundred sessions."""

@@ -334,6 +334,32 @@ def test_a_schema_2_database_gets_its_progress_table(tmp_path: Path) -> None:
     assert version == str(SCHEMA_VERSION) == "3"
 
 
+def test_acknowledgements_ride_the_ingest_commit_and_return_what_they_newly_recorded(tmp_path: Path) -> None:
+    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
+    from supervisor.storage import AckRecord, Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "a.db")
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        for version in (1, 2, 3):
+            await db.write(Store.record_change, run_id, **_change(version, version / 10))
+        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
+        writer = IngestWriter(db, lambda items: None)
+        writer.start()
+        stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
+        await writer.submit(IngestItem(run_id, "r", stream, 0, _columns([(1, 0, {"loss": 1.0})])))
+        first = writer.record_acks(AckRecord(run_id, 0, after=0, up_to=2, step=5, when=2.0))
+        overlapping = writer.record_acks(AckRecord(run_id, 0, after=0, up_to=3, step=6, when=3.0))
+        assert await first == [(1, 1.0), (2, 1.0)]  # (version, the time the change was recorded)
+        assert await overlapping == [(3, 1.0)]  # versions 1 and 2 were recorded a statement before
+        history = await db.read(Store.history, run_id)
+        assert [row.acks for row in history] == [[(0, 5, 2.0)], [(0, 5, 2.0)], [(0, 6, 3.0)]]
+        await writer.stop()
+        db.close()
+
+    asyncio.run(main())
+
+
 def test_a_reconnecting_session_finds_its_previous_streams_batches_stored(tmp_path: Path) -> None:
     from supervisor.connections import IngestItem, IngestWriter, TrainerStream
     from supervisor.storage import Database
