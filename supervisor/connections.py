@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -12,6 +13,12 @@ from typing import Any
 from supervisor.batches import MetricColumns
 from supervisor.storage import AckRecord, Database, Store
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+log = logging.getLogger("supervisor")
+
+RETRY_FIRST_SECONDS = 0.5
+RETRY_MAX_SECONDS = 10.0
+"""A commit of metric points that failed is tried again after 0.5 s, then twice as long each time up to this."""
 
 
 @dataclass(eq=False)
@@ -179,6 +186,8 @@ class IngestWriter:
         return future
 
     async def _run(self) -> None:
+        retry = RETRY_FIRST_SECONDS
+        failures = 0
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
@@ -195,28 +204,65 @@ class IngestWriter:
                     [(policy, scope, state) for (policy, scope), state in states.items()],
                     [ack for ack, _ in acks],
                 )
-            except BaseException as exc:
+            except asyncio.CancelledError:
                 for _, future in acks:
-                    if not future.done():
-                        future.set_exception(exc)
+                    future.cancel()
                 raise
-            else:
-                for (_, future), versions in zip(acks, newly, strict=True):
-                    if not future.done():
-                        future.set_result(versions)
-            finally:
-                self._uncommitted.subtract(i.stream.session_id for i in items)
-                self._uncommitted += Counter()  # drops the sessions at zero: the counter stays as small as the queue
-                async with self._committed:
-                    self._committed.notify_all()
+            except Exception as exc:  # the whole commit failed (disk full, I/O error): keep it all, try again
+                self._put_back(items, states, acks)
+                failures += 1
+                if failures == 1:
+                    log.error(
+                        "cannot store metric points (%s); keeping them and trying again, up to every %gs; "
+                        "trainers keep unstored points in their buffers meanwhile",
+                        exc,
+                        RETRY_MAX_SECONDS,
+                    )
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, RETRY_MAX_SECONDS)
+                self._wakeup.set()
+                continue
+            if failures:
+                log.warning("metric points are stored again, after %d failed attempt(s)", failures)
+                failures, retry = 0, RETRY_FIRST_SECONDS
+            for (_, future), versions in zip(acks, newly, strict=True):
+                if not future.done():
+                    future.set_result(versions)
+            self._uncommitted.subtract(i.stream.session_id for i in items)
+            self._uncommitted += Counter()  # drops the sessions at zero: the counter stays as small as the queue
+            async with self._committed:
+                self._committed.notify_all()
             if items:
                 result: Any = self._on_stored(items)
                 if asyncio.iscoroutine(result):
                     await result
 
-    async def stop(self) -> None:
-        # Store what is already queued, then stop.
+    def _put_back(
+        self,
+        items: list[IngestItem],
+        states: dict[tuple[str, str], Any],
+        acks: list[tuple[AckRecord, asyncio.Future[list[tuple[int, float]]]]],
+    ) -> None:
+        """A failed round's writes go back in front of what came meanwhile (a newer policy state wins)."""
+        self._pending[:0] = items
+        self._pending_values += sum(len(i.columns.values) for i in items)
+        for key, state in states.items():
+            self._states.setdefault(key, state)
+        self._acks[:0] = acks
+        if self._pending_values > self._max_pending:
+            self._room.clear()  # readers wait, as when trainers send faster than the disk takes it
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Store what is already queued (for at most ``timeout`` seconds if storing fails), then stop."""
+        deadline = time.monotonic() + timeout
         while self._pending or self._states or self._acks:
+            if time.monotonic() > deadline:
+                log.error(
+                    "stopping with %d batch(es) of metric points unstored: storing failed for %gs",
+                    len(self._pending),
+                    timeout,
+                )
+                break
             self._wakeup.set()
             await asyncio.sleep(0.01)
         if self._task is not None:

@@ -360,6 +360,39 @@ def test_acknowledgements_ride_the_ingest_commit_and_return_what_they_newly_reco
     asyncio.run(main())
 
 
+def test_points_whose_commit_failed_are_kept_and_stored_once_the_disk_has_room(tmp_path: Path, caplog) -> None:
+    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
+    from supervisor.storage import Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "full.db")
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
+        stored: list[IngestItem] = []
+        writer = IngestWriter(db, stored.extend)
+        writer.start()
+        conn = db.store._conn  # a full disk, as SQLite sees one: no page beyond the current ones
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
+        points = _columns([(seq, seq, {"loss": float(seq)}) for seq in range(1, 3001)])
+        await writer.submit(IngestItem(run_id, "r", stream, 0, points))
+        await asyncio.sleep(1.0)  # the first commit and at least one retry fail
+        assert stored == []
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        await asyncio.wait_for(writer.settled("s"), 15)  # before the fix the writer had died: it never came
+        assert len(stored) == 1
+        (count,) = conn.execute("SELECT SUM(points) FROM metric_batches").fetchone()
+        assert count == 3000
+        await writer.stop()
+        db.close()
+
+    with caplog.at_level("WARNING", logger="supervisor"):
+        asyncio.run(main())
+    assert "cannot store metric points (database or disk is full)" in caplog.text
+    assert "stored again, after" in caplog.text
+
+
 def test_a_reconnecting_session_finds_its_previous_streams_batches_stored(tmp_path: Path) -> None:
     from supervisor.connections import IngestItem, IngestWriter, TrainerStream
     from supervisor.storage import Database
