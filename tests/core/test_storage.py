@@ -334,19 +334,29 @@ def test_a_schema_2_database_gets_its_progress_table(tmp_path: Path) -> None:
     assert version == str(SCHEMA_VERSION) == "3"
 
 
+async def _ingest_writer(path: Path) -> tuple[Any, int, Any, Any, list[Any]]:
+    """A database with run "r", its IngestWriter started, a stream of session "s", and the list of stored items."""
+    from supervisor.connections import IngestWriter, TrainerStream
+    from supervisor.storage import Database
+
+    db = Database(path)
+    run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+    key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
+    stored: list[Any] = []
+    writer = IngestWriter(db, stored.extend)
+    writer.start()
+    stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
+    return db, run_id, writer, stream, stored
+
+
 def test_acknowledgements_ride_the_ingest_commit_and_return_what_they_newly_recorded(tmp_path: Path) -> None:
-    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
-    from supervisor.storage import AckRecord, Database
+    from supervisor.connections import IngestItem
+    from supervisor.storage import AckRecord
 
     async def main() -> None:
-        db = Database(tmp_path / "a.db")
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        db, run_id, writer, stream, _ = await _ingest_writer(tmp_path / "a.db")
         for version in (1, 2, 3):
             await db.write(Store.record_change, run_id, **_change(version, version / 10))
-        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
-        writer = IngestWriter(db, lambda items: None)
-        writer.start()
-        stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
         await writer.submit(IngestItem(run_id, "r", stream, 0, _columns([(1, 0, {"loss": 1.0})])))
         first = writer.record_acks(AckRecord(run_id, 0, after=0, up_to=2, step=5, when=2.0))
         overlapping = writer.record_acks(AckRecord(run_id, 0, after=0, up_to=3, step=6, when=3.0))
@@ -361,20 +371,13 @@ def test_acknowledgements_ride_the_ingest_commit_and_return_what_they_newly_reco
 
 
 def test_points_whose_commit_failed_are_kept_and_stored_once_the_disk_has_room(tmp_path: Path, caplog) -> None:
-    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
-    from supervisor.storage import Database
+    from supervisor.connections import IngestItem
 
     async def main() -> None:
-        db = Database(tmp_path / "full.db")
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
-        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
-        stored: list[IngestItem] = []
-        writer = IngestWriter(db, stored.extend)
-        writer.start()
+        db, run_id, writer, stream, stored = await _ingest_writer(tmp_path / "full.db")
         conn = db.store._conn  # a full disk, as SQLite sees one: no page beyond the current ones
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         conn.execute(f"PRAGMA max_page_count = {pages}")
-        stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
         points = _columns([(seq, seq, {"loss": float(seq)}) for seq in range(1, 3001)])
         await writer.submit(IngestItem(run_id, "r", stream, 0, points))
         await asyncio.sleep(1.0)  # the first commit and at least one retry fail
@@ -394,17 +397,10 @@ def test_points_whose_commit_failed_are_kept_and_stored_once_the_disk_has_room(t
 
 
 def test_a_reconnecting_session_finds_its_previous_streams_batches_stored(tmp_path: Path) -> None:
-    from supervisor.connections import IngestItem, IngestWriter, TrainerStream
-    from supervisor.storage import Database
+    from supervisor.connections import IngestItem
 
     async def main() -> None:
-        db = Database(tmp_path / "d.db")
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
-        key, _, _ = await db.write(Store.open_session, run_id, 0, "s")
-        stored: list[IngestItem] = []
-        writer = IngestWriter(db, stored.extend)
-        writer.start()
-        old_stream = TrainerStream(run="r", rank=0, session_id="s", session_key=key, last_seq=0, peer="p")
+        db, run_id, writer, old_stream, stored = await _ingest_writer(tmp_path / "d.db")
         batch = _columns([(1, 0, {"loss": 1.0}), (2, 1, {"loss": 0.5})])
         await writer.submit(IngestItem(run_id, "r", old_stream, 0, batch))
         await writer.settled("another")  # nothing of it waits: returns before the writer even ran
