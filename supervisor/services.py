@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -40,6 +41,14 @@ async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[
     except SupervisorError as exc:
         metrics.record_error(_ERROR_KIND.get(type(exc), "request_error"))
         await context.abort(_STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), str(exc))
+        raise  # unreachable: abort raises
+    except sqlite3.Error as exc:  # nothing was changed: the write's transaction rolled back, memory follows it
+        metrics.record_error("storage")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"the supervisor cannot write its database ({exc}); nothing was changed: free space on the volume that "
+            "holds its --db file, or check that file's permissions, then try again",
+        )
         raise  # unreachable: abort raises
 
 

@@ -413,3 +413,38 @@ def test_a_reconnecting_session_finds_its_previous_streams_batches_stored(tmp_pa
         db.close()
 
     asyncio.run(main())
+
+
+def test_a_change_the_database_cannot_take_is_refused_by_name_and_changes_nothing(tmp_path: Path) -> None:
+    import grpc
+
+    from supervisor.core import Supervisor
+    from supervisor.http_gateway import _Abort, _Context
+    from supervisor.services import OperatorService
+    from supervisor.storage import Database
+    from tests.core.test_bad_input import hello
+    from trainer_sdk import _wire
+    from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+    async def main() -> None:
+        db = Database(tmp_path / "full.db")
+        core = Supervisor(db)
+        await core.start()
+        stream, run, _ = await core.open_session(hello(run="r").hello, "peer")
+        conn = db.store._conn  # a full disk, as SQLite sees one: no page beyond the current ones
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+        service = OperatorService(core)
+        request = pb.SetParamsRequest(run="r", changes=_wire.values_to_wire({"lr": 0.2}), reason="x" * 20_000)
+        with pytest.raises(_Abort) as info:  # the HTTP gateway's context, as a call over HTTP gets it
+            await service.SetParams(request, _Context("test"))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "cannot write its database (database or disk is full); nothing was changed" in info.value.details
+        assert (run.version, run.values["lr"]) == (0, 0.1)
+        conn.execute("PRAGMA max_page_count = 1073741823")
+        assert (await service.SetParams(request, _Context("test"))).version == 1
+        core.close_session(stream)
+        await core.stop()
+        db.close()
+
+    asyncio.run(main())
