@@ -177,8 +177,16 @@ class SupervisorServer:
         self._socket_dir: str | None = None
         self._certificate_watch: asyncio.Task[None] | None = None
         if self.router is not None and config.shard == 0 and self.certificate is not None:
-            self._socket_dir = tempfile.mkdtemp(prefix="supervisor-shards-")  # 0700: this user's only
+            _remove_stale_socket_dirs()
+            self._socket_dir = tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-")  # 0700: this user's only
             self.router.sockets = {k: f"{self._socket_dir}/shard{k}.sock" for k in range(1, config.shards)}
+            longest = max(self.router.sockets.values(), key=len)
+            if len(longest.encode()) > _MAX_UNIX_SOCKET_PATH:
+                self._remove_socket_dir()
+                raise OSError(
+                    f"the shards' socket path {longest} is longer than the {_MAX_UNIX_SOCKET_PATH} bytes a Unix "
+                    "socket allows: point TMPDIR at a folder with a shorter path"
+                )
         self.shards: ShardProcesses | None = None
         if self.router is not None:
             self.router.ports[0] = self.port if config.shard == 0 else (config.front_port or 0)
@@ -293,6 +301,29 @@ class SupervisorServer:
             self.metrics.close()
         self.db.close()
         self._remove_socket_dir()
+
+
+_SOCKET_DIR_PREFIX = "supervisor-shards-"
+_MAX_UNIX_SOCKET_PATH = 107  # sockaddr_un.sun_path on Linux, its final NUL aside
+
+
+def _remove_stale_socket_dirs() -> None:
+    """Remove this user's shard socket folders whose front door is gone (killed with SIGKILL: no cleanup ran).
+
+    A folder is named after its front door's pid; one whose process no longer
+    exists has no reader. A reused pid keeps its folder: harmless, it is empty.
+    """
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{_SOCKET_DIR_PREFIX}*-*"):
+        pid = folder.name[len(_SOCKET_DIR_PREFIX) :].split("-", 1)[0]
+        try:
+            if not pid.isdigit() or folder.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:  # gone meanwhile, or a process of another user: not ours to judge
+            continue
 
 
 async def _set_health(servicer: Any, status: int) -> None:

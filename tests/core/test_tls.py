@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -210,3 +212,33 @@ def test_a_front_door_that_fails_to_start_leaves_no_shard_and_no_socket_folder(t
     assert list(folder.iterdir()) == []  # the shards' socket folder went with it
     assert "shard 1 of 2 serves" in result.stderr  # the child had started; stopped with it, it never says that it
     assert "the front door" not in result.stderr  # lost its front door (run() reads stderr until the child exits)
+
+
+def test_the_socket_folder_of_a_killed_front_door_is_removed_by_the_next_one(certs, supervisor_factory, monkeypatch):
+    folder = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: a Unix socket's path has at most 107 bytes
+    monkeypatch.setenv("TMPDIR", str(folder))  # the supervisors' temporary folder
+    args = ("--shards", "2", "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"]))
+    try:
+        first = supervisor_factory(folder / "first.db", args=args)
+        [stale] = [p for p in folder.iterdir() if p.is_dir()]
+        assert stale.name.startswith(f"supervisor-shards-{first.proc.pid}-")
+        first.kill()  # SIGKILL: no cleanup of its own
+        assert stale.exists()
+        second = supervisor_factory(folder / "second.db", args=args)
+        assert not stale.exists()
+        [own] = [p for p in folder.iterdir() if p.is_dir()]
+        assert own.name.startswith(f"supervisor-shards-{second.proc.pid}-")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # the supervisors are killed by their fixture
+
+
+def test_a_temporary_folder_too_deep_for_the_shards_sockets_is_refused_by_name(tmp_path, certs):
+    folder = tmp_path / ("x" * 80)
+    folder.mkdir()
+    result = subprocess.run(
+        [*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "f.db"), "--shards", "2",
+         "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"])],
+        capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, "TMPDIR": str(folder)})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "is longer than the 107 bytes a Unix socket allows: point TMPDIR at a folder" in result.stderr
+    assert list(folder.iterdir()) == []
