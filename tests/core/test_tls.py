@@ -201,15 +201,18 @@ def test_a_front_door_that_fails_to_start_leaves_no_shard_and_no_socket_folder(t
     busy = socket.socket()
     busy.bind(("127.0.0.1", 0))
     busy.listen()
-    folder = tmp_path / "tmp"
-    folder.mkdir()
-    result = subprocess.run(
-        [*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "f.db"), "--shards", "2",
-         "--http-port", str(busy.getsockname()[1]), "--tls-cert", str(certs["cert"]), "--tls-key", str(certs["key"])],
-        capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, "TMPDIR": str(folder)})
-    busy.close()
-    assert result.returncode == 2 and "cannot serve HTTP" in result.stderr, result.stderr[-2000:]
-    assert list(folder.iterdir()) == []  # the shards' socket folder went with it
+    folder = Path(tempfile.mkdtemp(prefix="t", dir="/tmp"))  # short: a Unix socket's path has at most 107 bytes
+    try:
+        result = subprocess.run(
+            [*SUPERVISOR, "serve", "--port", "0", "--db", str(tmp_path / "f.db"), "--shards", "2",
+             "--http-port", str(busy.getsockname()[1]), "--tls-cert", str(certs["cert"]),
+             "--tls-key", str(certs["key"])],
+            capture_output=True, text=True, cwd=ROOT, timeout=60, env={**os.environ, "TMPDIR": str(folder)})
+        busy.close()
+        assert result.returncode == 2 and "cannot serve HTTP" in result.stderr, result.stderr[-2000:]
+        assert list(folder.iterdir()) == []  # the shards' socket folder went with it
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     assert "shard 1 of 2 serves" in result.stderr  # the child had started; stopped with it, it never says that it
     assert "the front door" not in result.stderr  # lost its front door (run() reads stderr until the child exits)
 
