@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -182,7 +183,7 @@ def _phase_api_policy(sup: SupervisorProcess, mode: str, n_api: int, n_kick: int
         def round_trip(_: float) -> None:
             out["health_ms"].append(_health(health))
 
-        def api_set(index: int, session: Any, key: str) -> Any:
+        def api_set(index: int, session: Any, key: str) -> Callable[[float], None]:
             def probe(v: float) -> None:
                 t0 = time.perf_counter_ns()
                 client.set(session.run, {"lr": v})

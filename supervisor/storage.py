@@ -392,15 +392,8 @@ class Store:
             for r in rows
         ]
 
-    @_atomic
-    def record_acks(
-        self, run_id: int, rank: int, *, after: int, up_to: int, step: int, when: float
-    ) -> list[tuple[int, float]]:
-        """Record that ``rank`` applied every version in (after, up_to]; return (version, recorded time)."""
-        with self._txn():
-            return self._insert_acks(AckRecord(run_id, rank, after, up_to, step, when))
-
     def _insert_acks(self, ack: AckRecord) -> list[tuple[int, float]]:
+        """Record that ``ack.rank`` applied every version in (after, up_to]; return (version, recorded time)."""
         newly = self._conn.execute(
             "SELECT version, time FROM changes WHERE run_id = ? AND version > ? AND version <= ?"
             " AND version NOT IN (SELECT version FROM acks WHERE run_id = ? AND rank = ?)",
@@ -447,8 +440,8 @@ class Store:
         """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
 
         Policy state saved since the last round, and trainers' acknowledgements
-        (``record_acks``; returned in order, each as the versions it newly
-        recorded), go into the same transaction.
+        (``IngestWriter.record_acks``; returned in order, each as the versions
+        it newly recorded), go into the same transaction.
         Callers pass only points newer than the session's stored seq, in order;
         the batch row carries its seqs, so a crash never leaves points stored
         without the seq that de-duplicates them. A few multi-row statements per
