@@ -96,7 +96,9 @@ class ProcessTransport:
         fds = (self._child_sock.fileno(), self._bell_file.fileno())
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-m", "trainer_sdk._sidecar", *map(str, fds)],
+                # -P: not the working directory first on the path, which would import a trainer_sdk folder
+                # found there (a checkout of another version, say) instead of this one
+                [sys.executable, "-P", "-m", "trainer_sdk._sidecar", *map(str, fds)],
                 pass_fds=fds,
                 env=env,
                 stdin=subprocess.DEVNULL,

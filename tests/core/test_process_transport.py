@@ -120,6 +120,23 @@ def test_close_waits_for_the_sidecars_goodbye_not_for_its_timeout(supervisor, ca
     assert run["outcome"] == "completed" and run["points_received"] == 200
 
 
+def test_the_sidecar_runs_this_trainer_sdk_not_one_in_the_working_directory(supervisor, tmp_path, monkeypatch):
+    """A training script started from a checkout of another SDK version must not start that version's sidecar."""
+    from trainer_sdk import connect
+
+    decoy = tmp_path / "trainer_sdk"
+    decoy.mkdir()
+    (decoy / "__init__.py").write_text("raise ImportError('the trainer_sdk of the working directory')\n")
+    monkeypatch.chdir(tmp_path)
+    hp = connect("elsewhere", {"lr": 0.1}, address=supervisor.address, telemetry=False, transport="process")
+    try:
+        assert hp.wait_connected(30), "the sidecar did not connect: it imported the working directory's trainer_sdk"
+        hp.report(0, loss=1.0)
+        assert hp.flush(30) is True
+    finally:
+        hp.close(timeout=10)
+
+
 def test_a_backlog_larger_than_the_socket_buffer_is_stored_before_close_says_goodbye(supervisor):
     """Messages are bounded (4,096 points) and every one is written before "close", which ends the sidecar's reading."""
     import threading
