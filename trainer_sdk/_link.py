@@ -18,7 +18,8 @@ training thread reads on every report) except "stored", which only a waiting
 flush reads::
 
     ("welcome", version)                      a (re)connection, before its deltas (SessionState.resync)
-    ("delta", Delta)
+    ("delta", version, changes, trigger, source, reason, apply_at_step, time)
+                                              a Delta's fields: builtins unpickle without a class lookup
     ("status", connected, flush_interval)     when either changes
     ("stored",)                               after SHIP_AND_TELL, once every point received is stored
     ("closed", flushed, points_received)

@@ -42,7 +42,7 @@ except ImportError:  # not CPython
 
 from trainer_sdk import _link
 from trainer_sdk._points import PointConverter
-from trainer_sdk._state import ConnectOptions, SessionState
+from trainer_sdk._state import ConnectOptions, Delta, SessionState
 
 log = logging.getLogger("trainer_sdk")
 
@@ -59,6 +59,7 @@ class ProcessTransport:
 
     def __init__(self, state: SessionState, options: ConnectOptions, telemetry: float | None = None) -> None:
         self.state = state
+        state.pumped = False  # this thread ships and acknowledges itself, inside report()
         self.stopping = threading.Event()
         self.due = [0.0]  # time.time() at which report() next ships points; a list so report's closure reads it
         self._flush_interval = options.flush_interval
@@ -222,7 +223,7 @@ class ProcessTransport:
     def _handle(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "delta":
-            self.state.receive(message[1])  # applied now (or held for its step); the ack goes with this service
+            self.state.receive(Delta(*message[1:]))  # applied now (or held for its step); acked by this service
         elif kind == "welcome":
             if self.state.resync(message[1]):
                 self._rehello = True  # asked for after this service's acks, which carry the values in use

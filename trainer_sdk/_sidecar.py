@@ -44,9 +44,14 @@ class RelayState(SessionState):
                 return
             self.received_version = delta.version
         try:
-            self.link.send(("delta", delta))
+            self.link.send(("delta", *_fields(delta)))
         except OSError:  # the trainer is gone; the relay loop sees it and stores what it has
             pass
+
+
+def _fields(delta: Delta) -> tuple[Any, ...]:
+    """What ``Delta(*fields)`` rebuilds; a tuple of builtins costs the training thread less to unpickle."""
+    return (delta.version, delta.changes, delta.trigger, delta.source, delta.reason, delta.apply_at_step, delta.time)
 
 
 class SidecarTransport(Transport):

@@ -101,6 +101,8 @@ class SessionState:
     # Set by report() when the pump sleeps and there is new work for it.
     pump_idle: bool = False
     wake: threading.Event = field(default_factory=threading.Event)
+    # False in a training process whose sidecar holds the connection: no pump to wake there.
+    pumped: bool = True
     _events: queue.SimpleQueue[ChangeEvent | None] | None = None
     sampler: Any = None  # the telemetry sampler, if any
 
@@ -232,8 +234,9 @@ class SessionState:
 
     def poke(self) -> None:
         """Wake the pump (new acks or points to send)."""
-        self.pump_idle = False
-        self.wake.set()
+        if self.pumped:
+            self.pump_idle = False
+            self.wake.set()
 
     def snapshot(self) -> tuple[int, dict[str, ParamValue]]:
         with self.apply_lock:
