@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test bench bench-quick proto proto-check lint-proto clean
+.PHONY: install demo test bench bench-quick bench-refs proto proto-check lint-proto clean
 
 # A strict editable install links each module into build/ and puts that one
 # directory on sys.path: no import hook at interpreter start (the default,
@@ -31,11 +31,20 @@ demo: install
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
-bench: install
+bench: install bench-refs
 	$(PY) -m bench.run --full
 
-bench-quick: install
+bench-quick: install bench-refs
 	$(PY) -m bench.run --quick
+
+# The live-config tools the issue compares against, measured beside ours (bench/_references.py); not
+# dependencies of the project. Kiponos without its MCP server's dependencies: its client needs only
+# websocket-client. LiveTune's licence allows research and non-profit use; `make bench BENCH_REFS=`
+# skips both, and the rows then show the issue's quoted figures.
+BENCH_REFS ?= LiveTune==0.0.8 kiponos==0.2.0
+bench-refs: install
+	@if [ -n "$(strip $(BENCH_REFS))" ]; then \
+	    $(PY) -m pip install --quiet --no-deps $(BENCH_REFS) 'websocket-client>=1.8,<2'; fi
 
 # Regenerate the gRPC code from protos/ (never edit the generated files by hand).
 proto: install
