@@ -453,7 +453,7 @@ def _phase_tls(n_api: int, n_cli: int) -> dict[str, list[Any]]:
 
 def run(quick: bool, out: Path | None = None) -> Result:
     result = Result("control latency")
-    n_api, n_kick, n_cli = (60, 30, 6) if quick else (300, 200, 40)
+    n_api, n_kick, n_cli = (60, 15, 6) if quick else (300, 200, 40)
     data: dict[str, Any] = {"switchinterval_s": sys.getswitchinterval()}
     with SupervisorProcess(config=_write_config()) as sup:
         for mode in ("spin", "sleep"):

@@ -201,7 +201,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
     result = Result("training overhead")
     # Many short runs, finely interleaved: this machine's speed drifts by tens of
     # percent over seconds (see the A/A control), so pairs must be close in time.
-    rounds, epochs = (6, 6) if quick else (48, 8)
+    rounds, epochs = (4, 6) if quick else (48, 8)
     runs: list[dict[str, Any]] = []
     sup_cpu: dict[str, list[float]] = {v: [] for v in VARIANTS}
     with SupervisorProcess() as sup:
