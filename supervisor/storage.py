@@ -192,11 +192,12 @@ class StoreError(Exception):
 
 
 class Store:
-    """One SQLite file; a connection per thread that uses it."""
+    """One SQLite file: the writer's connections (a second one for durable groups); ``reader()`` for another thread."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._job_is_atomic = False
+        self._full: sqlite3.Connection | None = None
         try:
             self._open()
         except BaseException as exc:
@@ -248,11 +249,30 @@ class Store:
         other = object.__new__(Store)
         other.path = self.path
         other._conn = self._connect()
+        other._full = None
         other._job_is_atomic = False
         return other
 
+    def _full_connection(self) -> sqlite3.Connection:
+        """A second connection on the file, always ``synchronous=FULL``, for the groups that hold a durable write.
+
+        Why: one connection would switch its mode before and after every such group (the mode cannot
+        change inside a transaction), two statements on the path of every change to its trainers.
+        """
+        if self._full is None:
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA synchronous=FULL")
+            except BaseException:
+                conn.close()
+                raise
+            self._full = conn
+        return self._full
+
     def close(self) -> None:
         self._conn.close()
+        if self._full is not None:
+            self._full.close()
 
     # -- runs --------------------------------------------------------------------------
 
@@ -588,19 +608,20 @@ class Store:
         """Run writes in one transaction, each alone if it fails; a result or the exception per job.
 
         A job that raises is rolled back alone and the others commit. The commit
-        is ``synchronous=FULL`` when any job is a durable write (``record_change``).
+        is ``synchronous=FULL`` when any job is a durable write (``record_change``):
+        such a group runs on the store's second connection, which is always FULL.
         Every statement releases and retakes the GIL, which the event loop keeps
         busy under load, so a group runs none it does not need: a lone job (most
         groups under load) needs no savepoint of its own, and an ``@_atomic``
         write no nested one.
         """
-        conn = self._conn
+        main = conn = self._conn
         durable = any(getattr(fn, "durable", False) for fn, _, _ in jobs)
         results: list[Any] = []
         alone = len(jobs) == 1
         try:
             if durable:
-                conn.execute("PRAGMA synchronous=FULL")  # cannot change inside a transaction
+                conn = self._conn = self._full_connection()  # the jobs write through self._conn
             conn.execute("BEGIN IMMEDIATE")
             for fn, args, kwargs in jobs:
                 if not alone:
@@ -629,12 +650,8 @@ class Store:
                     pass
             return [_group_failure(exc) for _ in jobs]
         finally:
+            self._conn = main
             self._job_is_atomic = False
-            if durable and not conn.in_transaction:
-                try:
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                except sqlite3.Error:
-                    pass
         return results
 
 

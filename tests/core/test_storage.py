@@ -176,28 +176,41 @@ def _fail(store: Store, run_id: int) -> None:
 
 
 def _traced(path: Path) -> tuple[Store, int, list[str]]:
-    """A store with one run, and the list every statement it runs from now on is appended to."""
+    """A store with one run, and the list every statement it runs from now on is appended to (both connections)."""
     store = Store(path)
     run_id = store.create_run("r", world_size=1, specs={}, values={}, version=0, now=0.0)
     statements: list[str] = []
     store._conn.set_trace_callback(statements.append)
+    store._full_connection().set_trace_callback(statements.append)
     return store, run_id, statements
+
+
+def _disk_full(store: Store, full: bool) -> None:
+    """A full disk, as SQLite sees one: no page beyond the current ones, on every connection of the writer."""
+    for conn in (store._conn, store._full_connection()):
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        conn.execute(f"PRAGMA max_page_count = {pages if full else 1073741823}")
 
 
 def test_a_group_commits_every_write_but_the_one_that_failed(tmp_path: Path) -> None:
     store, run_id, statements = _traced(tmp_path / "g.db")
+    on_full: list[str] = []
+    store._full_connection().set_trace_callback(lambda sql: (on_full.append(sql), statements.append(sql)))
     change = Store.record_change
     results = store.run_group([(change, (run_id,), _change(1, 0.1)), (_fail, (run_id,), {}),
                                (change, (run_id,), _change(2, 0.2))])
     assert isinstance(results[1], ValueError) and results[0] and results[2]
     assert [row.version for row in store.history(run_id)] == [1, 2]
     assert store.load_runs()[0].outcome == 0  # the failed write's own change is rolled back
-    # one transaction; the durable group switched to synchronous=FULL for its commit only (1 = NORMAL)
-    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1
-    assert statements.index("PRAGMA synchronous=FULL") < statements.index("BEGIN IMMEDIATE")
-    assert statements[statements.index("COMMIT") + 1] == "PRAGMA synchronous=NORMAL"
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1
-    assert not store._conn.in_transaction
+    # one transaction, committed by the connection that is always synchronous=FULL (2); no mode switches
+    assert statements.count("BEGIN IMMEDIATE") == 1 and statements.count("COMMIT") == 1 and "COMMIT" in on_full
+    assert not any(sql.startswith("PRAGMA synchronous") for sql in statements)
+    assert store._full_connection().execute("PRAGMA synchronous").fetchone()[0] == 2
+    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # the other writes' stays NORMAL
+    assert not store._conn.in_transaction and not store._full_connection().in_transaction
+    # a group without a durable write commits on the NORMAL connection
+    on_full.clear()
+    assert store.run_group([(Store.set_outcome, (run_id, 1), {})]) == [None] and on_full == []
 
 
 def test_a_lone_write_runs_without_a_savepoint_and_a_failing_one_leaves_nothing(tmp_path: Path) -> None:
@@ -232,7 +245,8 @@ def test_concurrent_writes_each_return_after_their_commit(tmp_path: Path) -> Non
         db = Database(tmp_path / "d.db")
         run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
         commits: list[str] = []
-        db.store._conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
+        for conn in (db.store._conn, db.store._full_connection()):
+            conn.set_trace_callback(lambda sql: commits.append(sql) if sql == "COMMIT" else None)
         ids = await asyncio.gather(*(db.write(Store.record_change, run_id, **_change(v, v / 100))
                                      for v in range(1, 201)))
         assert len(commits) < 50, f"{len(commits)} commits for 200 writes queued together"
@@ -262,7 +276,7 @@ def test_a_group_that_fails_as_a_whole_stores_nothing_and_tells_every_writer(tmp
     assert all(isinstance(r, RuntimeError) and isinstance(r.__cause__, KeyboardInterrupt) for r in results)
     assert len({id(r) for r in results}) == 3  # each writer gets its own exception
     assert store.history(run_id) == [] and not store._conn.in_transaction
-    assert store._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # back to NORMAL
+    assert not store._full_connection().in_transaction
     assert store.run_group([(change, (run_id,), _change(1, 0.1))])[0]  # the next group goes on
 
 
@@ -375,14 +389,13 @@ def test_points_whose_commit_failed_are_kept_and_stored_once_the_disk_has_room(t
 
     async def main() -> None:
         db, run_id, writer, stream, stored = await _ingest_writer(tmp_path / "full.db")
-        conn = db.store._conn  # a full disk, as SQLite sees one: no page beyond the current ones
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        _disk_full(db.store, True)
         points = _columns([(seq, seq, {"loss": float(seq)}) for seq in range(1, 3001)])
         await writer.submit(IngestItem(run_id, "r", stream, 0, points))
         await asyncio.sleep(1.0)  # the first commit and at least one retry fail
         assert stored == []
-        conn.execute("PRAGMA max_page_count = 1073741823")
+        _disk_full(db.store, False)
+        conn = db.store._conn
         await asyncio.wait_for(writer.settled("s"), 15)  # before the fix the writer had died: it never came
         assert len(stored) == 1
         (count,) = conn.execute("SELECT SUM(points) FROM metric_batches").fetchone()
@@ -431,9 +444,7 @@ def test_a_change_the_database_cannot_take_is_refused_by_name_and_changes_nothin
         core = Supervisor(db)
         await core.start()
         stream, run, _ = await core.open_session(hello(run="r").hello, "peer")
-        conn = db.store._conn  # a full disk, as SQLite sees one: no page beyond the current ones
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+        _disk_full(db.store, True)
         service = OperatorService(core)
         request = pb.SetParamsRequest(run="r", changes=_wire.values_to_wire({"lr": 0.2}), reason="x" * 20_000)
         with pytest.raises(_Abort) as info:  # the HTTP gateway's context, as a call over HTTP gets it
@@ -441,7 +452,7 @@ def test_a_change_the_database_cannot_take_is_refused_by_name_and_changes_nothin
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "cannot write its database (database or disk is full); nothing was changed" in info.value.details
         assert (run.version, run.values["lr"]) == (0, 0.1)
-        conn.execute("PRAGMA max_page_count = 1073741823")
+        _disk_full(db.store, False)
         assert (await service.SetParams(request, _Context("test"))).version == 1
         core.close_session(stream)
         await core.stop()
