@@ -77,6 +77,7 @@ TARGET_VALUES_S = 100_000
 TARGET_P99_MS = 50.0
 TARGET_RSS_MIB = 1024
 PROFILE_S = 15.0  # about as long as the decision wave lasts at 1000 streams
+PY_SPY = Path(PYTHON).with_name("py-spy")  # optional: without it the scale benchmark skips the profile
 WAVE_WATCHED_RUN = "scale-0000"
 WAVE_STARTED_AT_VERSION = 2  # its second plateau decision: the other runs are deciding too
 
@@ -230,7 +231,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     with ExitStack() as stack:
         sup = stack.enter_context(SupervisorProcess(config=config, workdir=workdir / "supervisor", args=shards))
         pids = [sup.pid, *child_pids(sup.pid)]
-        spy_ok = profile and supervisors == 1 and shutil.which("py-spy", path=str(Path(PYTHON).parent))
+        spy_ok = profile and supervisors == 1 and PY_SPY.exists()
         duration = warmup + window + 2
         flush = DEFAULT_FLUSH_INTERVAL
         gens = []
@@ -346,25 +347,23 @@ def _profile_the_wave(sup: SupervisorProcess, out_dir: Path, budget: float, spy:
     from supervisor.client import OperatorClient
 
     t0 = time.monotonic()
-    version = 0
     with OperatorClient(sup.address, timeout=30) as client:
-        while time.monotonic() - t0 < budget - PROFILE_S:
-            version = max((r.version for r in client.runs(WAVE_WATCHED_RUN)), default=0)
-            if version >= WAVE_STARTED_AT_VERSION:
-                break
+
+        def watched_version() -> int:
+            return max((r.version for r in client.runs(WAVE_WATCHED_RUN)), default=0)
+
+        while (seen := watched_version()) < WAVE_STARTED_AT_VERSION and time.monotonic() - t0 < budget - PROFILE_S:
             time.sleep(0.5)
-        seen = max((r.version for r in client.runs(WAVE_WATCHED_RUN)), default=0)
-    duration = max(1.0, min(PROFILE_S, budget - (time.monotonic() - t0)))
-    spy.update(_start_py_spy(sup.pid, out_dir, duration))
-    time.sleep(duration + 1.0)  # _finish_py_spy reads what py-spy says as it exits
-    with OperatorClient(sup.address, timeout=30) as client:
-        after = max((r.version for r in client.runs(WAVE_WATCHED_RUN)), default=0)
+        duration = max(1.0, min(PROFILE_S, budget - (time.monotonic() - t0)))
+        spy.update(_start_py_spy(sup.pid, out_dir, duration))
+        time.sleep(duration + 1.0)  # _finish_py_spy reads what py-spy says as it exits
+        after = watched_version()
     spy["wave"] = {"profile_started_s": round(time.monotonic() - t0 - duration, 1), "profile_s": duration,
                    "wave_seen": seen >= WAVE_STARTED_AT_VERSION, "watched_run_versions": [seen, after]}
 
 
 def _start_py_spy(pid: int, out_dir: Path, duration: float) -> dict[str, Any]:
-    exe = str(Path(PYTHON).with_name("py-spy"))
+    exe = str(PY_SPY)
     raw = out_dir / "profile.txt"
     svg = out_dir / "profile.svg"
     common = ["--pid", str(pid), "--duration", str(int(duration)), "--nonblocking", "--rate", "50"]
@@ -438,7 +437,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
     runs = []
     # and, once more, the largest with py-spy attached during its wave of decisions: a pass of its own,
     # since py-spy's sampling costs the supervisor CPU (none of its figures is a row)
-    profiled = [] if quick or not shutil.which("py-spy", path=str(Path(PYTHON).parent)) else [sizes[-1]]
+    profiled = [] if quick or not PY_SPY.exists() else [sizes[-1]]
     runs = []
     plan = ([(n, True, 1, RATE, False) for n in sizes] + [(n, False, 1, RATE, False) for n in bare]
             + [(n, True, 2, RATE, False) for n in sharded] + [(n, True, 1, CAPACITY_RATE, False) for n in capacity]

@@ -14,8 +14,10 @@ message is waiting; it never waits on this process.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import mmap
+import operator
 import signal
 import socket
 import sys
@@ -49,9 +51,8 @@ class RelayState(SessionState):
             pass
 
 
-def _fields(delta: Delta) -> tuple[Any, ...]:
-    """What ``Delta(*fields)`` rebuilds; a tuple of builtins costs the training thread less to unpickle."""
-    return (delta.version, delta.changes, delta.trigger, delta.source, delta.reason, delta.apply_at_step, delta.time)
+_fields = operator.attrgetter(*(field.name for field in dataclasses.fields(Delta)))
+"""A Delta's fields in the order ``Delta(*fields)`` takes them: a tuple of builtins unpickles faster."""
 
 
 class SidecarTransport(Transport):
