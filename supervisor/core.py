@@ -27,6 +27,8 @@ log = logging.getLogger("supervisor")
 SET = pb.CHANGE_KIND_SET
 TRIGGER = pb.CHANGE_KIND_TRIGGER
 ADOPT = pb.CHANGE_KIND_ADOPT
+OPERATOR = "operator"
+"""The source of an operator's change (API, CLI, HTTP gateway): not a policy's, not a trainer's."""
 
 
 class BadSession(SupervisorError):
@@ -460,7 +462,7 @@ class Supervisor:
         requested: dict[str, Any],
         *,
         reason: str,
-        source: str = "operator",
+        source: str = OPERATOR,
         apply_at_step: int | None = None,
         pin: bool = True,
         respect_pins: bool = False,
@@ -508,7 +510,7 @@ class Supervisor:
         trigger: str,
         *,
         reason: str,
-        source: str = "operator",
+        source: str = OPERATOR,
         apply_at_step: int | None = None,
         step: int | None = None,
     ) -> int:
@@ -547,7 +549,7 @@ class Supervisor:
                     run,
                     version=None,
                     kind=pb.CHANGE_KIND_RELEASE,
-                    source="operator",
+                    source=OPERATOR,
                     reason="released " + ", ".join(released) + " to policies",
                     changes={},
                     pinned=run.pinned,
@@ -586,9 +588,14 @@ class Supervisor:
         now: float | None = None,
         step: int | None = None,
     ) -> None:
-        """Persist first; only then update memory and tell the trainers."""
+        """Persist first; only then update memory and tell the trainers.
+
+        An operator's entry goes ahead of queued writes (``Database.write_first``):
+        the operator is waiting, a policy's decision is not.
+        """
         now = time.time() if now is None else now
-        await self.db.write(
+        write = self.db.write_first if source == OPERATOR else self.db.write
+        await write(
             Store.record_change,
             run.id,
             version=version,

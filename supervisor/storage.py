@@ -21,6 +21,7 @@ import math
 import queue
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
@@ -604,7 +605,11 @@ class Store:
         """BEGIN ... COMMIT, or a savepoint inside a group; nothing for an ``@_atomic`` write in a group."""
         return nullcontext(self._conn) if self._job_is_atomic else _Transaction(self._conn)
 
-    def run_group(self, jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]]) -> list[Any]:
+    def run_group(
+        self,
+        jobs: Sequence[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]],
+        cut: Callable[[], bool] | None = None,
+    ) -> list[Any]:
         """Run writes in one transaction, each alone if it fails; a result or the exception per job.
 
         A job that raises is rolled back alone and the others commit. The commit
@@ -614,16 +619,23 @@ class Store:
         busy under load, so a group runs none it does not need: a lone job (most
         groups under load) needs no savepoint of its own, and an ``@_atomic``
         write no nested one.
+
+        ``cut`` is asked between jobs: when it says so, the group commits what
+        it has run, and the results cover only those jobs (a prefix of ``jobs``).
         """
         main = conn = self._conn
         durable = any(getattr(fn, "durable", False) for fn, _, _ in jobs)
         results: list[Any] = []
         alone = len(jobs) == 1
+        ran = len(jobs)
         try:
             if durable:
                 conn = self._conn = self._full_connection()  # the jobs write through self._conn
             conn.execute("BEGIN IMMEDIATE")
-            for fn, args, kwargs in jobs:
+            for i, (fn, args, kwargs) in enumerate(jobs):
+                if i and cut is not None and cut():
+                    ran = i
+                    break
                 if not alone:
                     conn.execute("SAVEPOINT job")
                 self._job_is_atomic = getattr(fn, "atomic", False)
@@ -648,7 +660,7 @@ class Store:
                     conn.execute("ROLLBACK")
                 except sqlite3.Error:
                     pass
-            return [_group_failure(exc) for _ in jobs]
+            return [_group_failure(exc) for _ in jobs[:ran]]
         finally:
             self._conn = main
             self._job_is_atomic = False
@@ -751,52 +763,94 @@ class Database:
     each acknowledgement of one, each metrics round) into a few dozen; idle, a
     write commits at once as before. Each ``write`` returns after the commit
     that contains it.
+
+    A write an operator waits on (``write_first``) does not queue behind that
+    work: at a thousand streams a wave of policy decisions fills groups of
+    dozens of durable changes, tens of milliseconds each, and an operator's
+    change queued behind them waited for the group in progress and then its own.
     """
 
     def __init__(self, path: str | Path) -> None:
         self.store = Store(path)
         self._reader = self.store.reader()
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """What wakes the writer: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
+        self._first: deque[Any] = deque()
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
         self._writer.start()
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._submit(False, fn, args, kwargs)
+
+    async def write_first(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``write``, ahead of every write queued: for a write someone is waiting on.
+
+        The group being committed stops after the job it is running and commits;
+        this write then commits in a group of its own (with any other ``write_first``
+        that arrived meanwhile), and the rest follow in their order. A group always
+        runs at least one job, so even a flood of these alternates with the other
+        writes instead of starving them (a metrics round is one job).
+        """
+        return await self._submit(True, fn, args, kwargs)
+
+    async def _submit(self, first: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
         if self._closed:
             raise RuntimeError("the database is closed: the supervisor is shutting down")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._writes.put((loop, future, fn, args, kwargs))
+        job = (loop, future, fn, args, kwargs)
+        if first:
+            self._first.append(job)
+            self._writes.put(_FIRST)
+        else:
+            self._writes.put(job)
         return await future
 
     def _write_loop(self) -> None:
-        while (first := self._writes.get()) is not None:
-            group = [first]
-            stop = False
-            while len(group) < MAX_WRITES_PER_COMMIT:
+        waiting: deque[Any] = deque()  # jobs taken from the queue, or left over from a group cut short
+        stop = False
+        while True:
+            if not waiting and not self._first and not stop:
+                stop = self._take(self._writes.get(), waiting)
+            while True:
                 try:
                     job = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
-                    stop = True
-                    break
-                group.append(job)
+                stop = self._take(job, waiting) or stop
+            if self._first:
+                lane, cut = self._first, None
+            elif waiting:
+                lane, cut = waiting, lambda: bool(self._first)
+            elif stop:
+                return  # nothing is left to write
+            else:
+                continue  # woken by the mark of a write_first that an earlier group already took
+            group = [lane.popleft() for _ in range(min(len(lane), MAX_WRITES_PER_COMMIT))]
             try:
-                results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group])
+                results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group], cut)
             except BaseException as exc:  # the writer thread must outlive any one group
                 results = [_group_failure(exc) for _ in group]
+            waiting.extendleft(reversed(group[len(results):]))  # a cut group's rest goes first next time
             by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-            for (loop, future, *_), result in zip(group, results, strict=True):
+            for (loop, future, *_), result in zip(group[: len(results)], results, strict=True):
                 by_loop.setdefault(loop, []).append((future, result))
             for loop, done in by_loop.items():
                 try:
                     loop.call_soon_threadsafe(_settle, done)
                 except RuntimeError:  # that loop is closed: nobody waits for these
                     pass
-            if stop:
-                return
+
+    @staticmethod
+    def _take(item: Any, waiting: deque[Any]) -> bool:
+        """File one item from the queue; True if it says stop."""
+        if item is None:
+            return True
+        if item is not _FIRST:
+            waiting.append(item)
+        return False
 
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -809,6 +863,9 @@ class Database:
         self._read_pool.shutdown(wait=True)
         self.store.close()
         self._reader.close()
+
+
+_FIRST = object()
 
 
 def _group_failure(exc: BaseException) -> Exception:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import math
 import sqlite3
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +264,92 @@ def test_concurrent_writes_each_return_after_their_commit(tmp_path: Path) -> Non
     assert ids == sorted(ids) and len(set(ids)) == 200
 
 
+def test_a_group_cut_short_commits_what_it_ran_and_returns_only_those_results(tmp_path: Path) -> None:
+    store, run_id, statements = _traced(tmp_path / "cut.db")
+    change = Store.record_change
+    asked: list[int] = []
+    results = store.run_group([(change, (run_id,), _change(v, v / 10)) for v in (1, 2, 3)],
+                              cut=lambda: asked.append(1) or len(asked) == 2)
+    assert len(results) == 2 and all(results)  # asked after the first job (no) and the second (yes)
+    assert [row.version for row in store.history(run_id)] == [1, 2]
+    assert statements.count("COMMIT") == 1 and not store._full_connection().in_transaction
+    assert store.run_group([(change, (run_id,), _change(3, 0.3))])[0]  # the rest goes on later
+
+
+def _hold(store: Store, started: threading.Event, release: threading.Event) -> None:
+    """A write that keeps the writer busy until the test lets it go."""
+    started.set()
+    assert release.wait(10), "the test never released the writer"
+
+
+def test_a_write_first_overtakes_the_queue_and_cuts_the_group_in_progress(tmp_path: Path) -> None:
+    from supervisor.storage import Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "first.db")
+        loop = asyncio.get_running_loop()
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        first_started, first_release = threading.Event(), threading.Event()
+        held = asyncio.ensure_future(db.write(_hold, first_started, first_release))  # a group of its own
+        await loop.run_in_executor(None, first_started.wait)
+        # queued while the writer is busy: they will run as one group, which the test holds in its middle
+        started, release = threading.Event(), threading.Event()
+        before = [asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, v / 100))) for v in (1, 2)]
+        middle = asyncio.ensure_future(db.write(_hold, started, release))
+        after = [asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, v / 100)))
+                 for v in range(3, 50)]
+        await asyncio.sleep(0.01)  # every write above is in the queue
+        first_release.set()
+        await loop.run_in_executor(None, started.wait)  # the group of the 49 runs, held after its first two
+        operator = asyncio.ensure_future(db.write_first(Store.record_change, run_id, **_change(100, 1.0)))
+        await asyncio.sleep(0.01)
+        release.set()
+        operator_id = await operator
+        ids = await asyncio.gather(*before, middle, *after, held)
+        assert max(ids[:2]) < operator_id < min(ids[3:-1]), "the operator's write did not go ahead of the queue"
+        versions = [row.version for row in await db.read(Store.history, run_id)]
+        assert sorted(versions) == [*range(1, 50), 100] and versions.index(100) == 2
+        db.close()
+
+    asyncio.run(main())
+
+
+def test_the_mark_of_a_write_first_taken_with_an_earlier_group_does_not_stop_the_writer(tmp_path: Path) -> None:
+    """A write_first files its job, then its mark: a busy writer can take the job before the mark arrives."""
+    from supervisor.storage import _FIRST, Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "mark.db")
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        db._writes.put(_FIRST)  # the late mark, with nothing left in the first lane
+        await asyncio.sleep(0.05)
+        assert await asyncio.wait_for(db.write(Store.record_change, run_id, **_change(1, 0.1)), 5)
+        db.close()
+
+    asyncio.run(main())
+
+
+def test_closing_the_database_stores_every_write_queued_before(tmp_path: Path) -> None:
+    from supervisor.storage import Database
+
+    async def main() -> None:
+        db = Database(tmp_path / "close.db")
+        loop = asyncio.get_running_loop()
+        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        started, release = threading.Event(), threading.Event()
+        held = asyncio.ensure_future(db.write(_hold, started, release))
+        await loop.run_in_executor(None, started.wait)
+        queued = [asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, v / 100))) for v in (1, 2)]
+        queued.append(asyncio.ensure_future(db.write_first(Store.record_change, run_id, **_change(3, 0.03))))
+        await asyncio.sleep(0.01)
+        release.set()
+        await loop.run_in_executor(None, db.close)  # waits for the writer, which stores what was queued first
+        await asyncio.wait_for(asyncio.gather(held, *queued), 5)
+        assert sorted(row.version for row in Store(tmp_path / "close.db").history(run_id)) == [1, 2, 3]
+
+    asyncio.run(main())
+
+
 def _interrupt(store: Store, run_id: int) -> None:
     raise KeyboardInterrupt
 
@@ -455,6 +542,38 @@ def test_a_change_the_database_cannot_take_is_refused_by_name_and_changes_nothin
         _disk_full(db.store, False)
         assert (await service.SetParams(request, _Context("test"))).version == 1
         core.close_session(stream)
+        await core.stop()
+        db.close()
+
+    asyncio.run(main())
+
+
+def test_an_operators_change_is_stored_ahead_of_the_policies_changes_queued_before_it(tmp_path: Path) -> None:
+    from supervisor.core import Supervisor
+    from supervisor.storage import Database
+    from tests.core.test_bad_input import hello
+
+    async def main() -> None:
+        db = Database(tmp_path / "operator.db")
+        core = Supervisor(db)
+        await core.start()
+        opened = [await core.open_session(hello(run=name, session_id=name).hello, "peer") for name in ("a", "b")]
+        started, release = threading.Event(), threading.Event()
+        held = asyncio.ensure_future(db.write(_hold, started, release))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait)
+        policy = asyncio.ensure_future(
+            core.set_params("a", {"lr": 0.2}, reason="plateau", source="policy:p", pin=False)
+        )
+        await asyncio.sleep(0.01)  # the policy's change is queued behind the held write
+        operator = asyncio.ensure_future(core.set_params("b", {"lr": 0.3}, reason="by hand"))
+        await asyncio.sleep(0.01)
+        release.set()
+        await asyncio.gather(held, policy, operator)
+        [policy_row] = [row for row in await core.history("a") if row.source == "policy:p"]
+        [operator_row] = [row for row in await core.history("b") if row.source == "operator"]
+        assert operator_row.id < policy_row.id
+        for stream, _, _ in opened:
+            core.close_session(stream)
         await core.stop()
         db.close()
 
