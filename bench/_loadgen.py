@@ -2,7 +2,8 @@
 
 Each stream speaks the v1 protocol as trainer_sdk does (Hello; MetricBatch
 messages in the columnar form the SDK sends, with consecutive seq; Applied for
-every Delta; MetricsAcks read back), on its own channel, from one asyncio loop
+every Delta, with the next batch when the Delta says ``ack_with_metrics``;
+MetricsAcks read back), on its own channel, from one asyncio loop
 per process. A stream
 reports ``metrics`` values per point at ``rate`` points per second on a fixed
 schedule and sends them as trainer_sdk's pump does: the first point at once,
@@ -62,6 +63,7 @@ class Stream:
         self.acked = 0
         self.deltas = 0
         self.version = 0
+        self.held: pb.Applied | None = None  # acknowledged with the next batch, as the SDK does
         self.welcomed = asyncio.Event()
         self.messages = 0
         self.errors: list[str] = []
@@ -92,9 +94,10 @@ class Stream:
         for step in steps:
             values.append(1.0 / (1.0 + 0.02 * step) + self.rng.gauss(0, 0.01))  # val_loss
             values.extend(self.rng.random() for _ in range(width - 1))
+        held, self.held = self.held, None
         return pb.ConnectRequest(metrics=pb.MetricBatch(
             first_seq=first, steps=steps, times=[now] * len(steps), value_counts=[width] * len(steps),
-            names=self.names, name_indexes=list(range(width)) * len(steps), values=values))
+            names=self.names, name_indexes=list(range(width)) * len(steps), values=values, applied=held))
 
     async def run_stream(self, channel: grpc.aio.Channel, start: asyncio.Event, stop: asyncio.Event) -> None:
         call, reader = await self._connect(channel)
@@ -178,8 +181,12 @@ class Stream:
                 elif kind == "delta":
                     self.deltas += 1
                     self.version = response.delta.version
-                    self.queue.put_nowait(pb.ConnectRequest(applied=pb.Applied(
-                        version=self.version, step=max(self.seq - 1, 0), time=time.time())))
+                    applied = pb.Applied(version=self.version, step=max(self.seq - 1, 0), time=time.time())
+                    if response.delta.ack_with_metrics:  # this stream always has a batch on its way
+                        self.held = applied
+                    else:
+                        self.held = None
+                        self.queue.put_nowait(pb.ConnectRequest(applied=applied))
         except asyncio.CancelledError:
             pass
         except grpc.aio.AioRpcError as exc:

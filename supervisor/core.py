@@ -625,6 +625,7 @@ class Supervisor:
                 source=source,
                 reason=reason,
                 time=now,
+                ack_with_metrics=source != OPERATOR,  # only an operator's call waits for the acknowledgement
             )
             if apply_at_step is not None:
                 delta.apply_at_step = apply_at_step

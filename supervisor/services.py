@@ -112,6 +112,8 @@ class TrainerService(pb_grpc.TrainerServiceServicer):
                 kind = message.WhichOneof("message")
                 if kind == "metrics":
                     await self.core.ingest(stream, message.metrics)
+                    if message.metrics.HasField("applied"):  # a policy's change, acknowledged with the points
+                        await self.core.applied(stream, message.metrics.applied)
                 elif kind == "applied":
                     await self.core.applied(stream, message.applied)
                 elif kind == "goodbye":

@@ -67,6 +67,12 @@ class SidecarTransport(Transport):
         self._last_status: tuple[Any, ...] = ()
         self._stored = 0  # points received that the supervisor has stored, as last published
         self._tell_stored = False
+        self.points_at = 0.0  # when the trainer last shipped points (time.monotonic())
+
+    def _points_coming(self) -> bool:
+        """The trainer holds its points between shipments: one that shipped within ``flush_interval`` will
+        ship again."""
+        return super()._points_coming() or time.monotonic() - self.points_at < self.flush_interval
 
     def push_status(self, tell_stored: bool = False) -> None:
         """Publish the counts, and tell the trainer what it reads between shipments or waits for.
@@ -137,6 +143,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
                 state.overflow = overflow + transport.relay_overflow
                 state.queue.extend(points)  # a deque with maxlen: the oldest go first
                 transport.points_received += len(points)
+                transport.points_at = time.monotonic()
                 if points:
                     state.last_step = points[-1][0]
             if ship != SHIP_IN_TIME:
@@ -149,7 +156,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
             with state.apply_lock:
                 state.values.update(values)
                 state.version = version  # what the trainer's next Hello says it holds
-            state.acks.extend(Ack(v, step, when) for v, step, when in acks)
+            state.acks.extend(Ack(*ack) for ack in acks)
             state.poke()
         elif kind == "rehello":  # the supervisor adopted older values than the trainer uses (after its acks)
             transport.rehello()

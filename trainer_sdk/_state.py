@@ -55,6 +55,8 @@ class Delta:
     reason: str = ""
     apply_at_step: int | None = None
     time: float = 0.0
+    ack_with_metrics: bool = False
+    """Nobody waits for its acknowledgement: it may ride the next metric batch."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class Ack:
     version: int
     step: int
     time: float
+    with_metrics: bool = False
+    """May wait for the next metric batch (its delta said ``ack_with_metrics``)."""
 
 
 @dataclass
@@ -188,7 +192,7 @@ class SessionState:
         if delta.trigger:
             self.fired.add(delta.trigger)
         now = time.time()
-        self.acks.append(Ack(delta.version, step, now))
+        self.acks.append(Ack(delta.version, step, now, delta.ack_with_metrics))
         if self.callbacks:
             self._emit(
                 ChangeEvent(

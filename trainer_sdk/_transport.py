@@ -32,7 +32,7 @@ import grpc
 
 from trainer_sdk import _wire
 from trainer_sdk._points import PointConverter
-from trainer_sdk._state import ConnectOptions, Delta, SessionState
+from trainer_sdk._state import Ack, ConnectOptions, Delta, SessionState
 from trainer_sdk._tls import closed_at_hello, handshake_failed, secure_or_insecure_channel
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
@@ -49,6 +49,10 @@ _CHANNEL_OPTIONS = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.enable_retries", 0),
 ]
+
+
+def _applied(ack: Ack) -> pb.Applied:
+    return pb.Applied(version=ack.version, step=ack.step, time=ack.time)
 
 
 def _tls_hint(details: str, tls: bool) -> str:
@@ -111,6 +115,8 @@ class Transport:
         self._route: str | None = None  # the process that owns the run, when a sharded supervisor redirected us
         self._ack_wanted = False  # someone waits to hear that every point is stored: batches say ack_now
         self._ack_asked = False  # ... and a message since then said so
+        self._held_ack: Ack | None = None  # rides the next metric batch (its delta said ack_with_metrics)
+        self._held_since = 0.0
         self._io = threading.Thread(target=self._connect_loop, name="trainer-sdk-connection", daemon=True)
         self._pump = threading.Thread(target=self._pump_loop, name="trainer-sdk-pump", daemon=True)
 
@@ -183,7 +189,8 @@ class Transport:
         self.state.poke()
 
     def _pump_loop(self) -> None:
-        """Acknowledgements go at once; points go at most every ``flush_interval``.
+        """Acknowledgements go at once (those a delta let ride the next batch, with it); points go at most
+        every ``flush_interval``.
 
         A point reported after a quiet spell goes at once (low latency for
         sparse events); in a steady stream points wait for the interval and go
@@ -201,7 +208,7 @@ class Transport:
             else:
                 state.pump_idle = True
                 if not state.queue and not state.acks and not self._flush_now and not self.stopping.is_set():
-                    state.wake.wait(1.0)
+                    state.wake.wait(1.0 if self._held_ack is None else self.flush_interval)
                 state.pump_idle = False
             state.wake.clear()
             try:
@@ -245,15 +252,32 @@ class Transport:
                 return
             while state.acks:
                 ack = state.acks.popleft()
-                outbox.put(pb.ConnectRequest(applied=pb.Applied(version=ack.version, step=ack.step, time=ack.time)))
+                if not ack.with_metrics:
+                    self._held_ack = None  # an acknowledgement covers every earlier version
+                    outbox.put(pb.ConnectRequest(applied=_applied(ack)))
+                elif self._held_ack is None:
+                    self._held_ack, self._held_since = ack, time.monotonic()
+                else:
+                    self._held_ack = ack  # waits as long as the first one held, no longer
             unacked = self._unacked
             unsent = unacked and unacked[-1][0] > self._sent_seq
+            held = self._held_ack
+            if held is not None and (
+                time.monotonic() - self._held_since >= self.flush_interval
+                or not (unsent or self._metrics_queued or self._points_coming())
+            ):
+                outbox.put(pb.ConnectRequest(applied=_applied(held)))  # no batch took it, or none will
+                self._held_ack = None
             if (unsent or unacked and self._ack_wanted and not self._ack_asked) and not self._metrics_queued:
                 self._metrics_queued = True
                 outbox.put(_METRICS)  # the sender builds the batch (or the bare request) when gRPC can take it
             if self._goodbye is not None and not state.queue:
                 outbox.put(pb.ConnectRequest(goodbye=self._goodbye))
                 self._goodbye = None
+
+    def _points_coming(self) -> bool:
+        """Points will go in a batch within ``flush_interval``, so a held acknowledgement may wait for it."""
+        return bool(self.state.queue)
 
     def _batch(self, points: list[tuple[int, int, float, dict[str, float]]], ack_now: bool) -> pb.ConnectRequest:
         """Consecutive points as columns: building them costs a fraction of one message per point."""
@@ -410,22 +434,29 @@ class Transport:
         """
         with self._send_lock:
             self._metrics_queued = False
-            unacked = self._unacked
-            if outbox is not self._outbox or not unacked:
+            if outbox is not self._outbox:
                 return []
-            start = max(0, self._sent_seq + 1 - unacked[0][0])
+            held, self._held_ack = self._held_ack, None
+            unacked = self._unacked
+            start = max(0, self._sent_seq + 1 - unacked[0][0]) if unacked else 0
             points = list(itertools.islice(unacked, start, None))
             if not points:
-                if self._ack_wanted and not self._ack_asked:  # everything is sent: ask for the receipt alone
+                bare = []
+                if unacked and self._ack_wanted and not self._ack_asked:  # all sent: ask for the receipt alone
                     self._ack_asked = True
-                    return [pb.ConnectRequest(metrics=pb.MetricBatch(ack_now=True, dropped_total=self.dropped))]
-                return []
+                    bare.append(pb.ConnectRequest(metrics=pb.MetricBatch(ack_now=True, dropped_total=self.dropped)))
+                if held is not None:
+                    bare.append(pb.ConnectRequest(applied=_applied(held)))
+                return bare
             self._sent_seq = points[-1][0]
             # At half the buffer, ask for the receipt rather than risk dropping points it would free.
             ack_now = self._ack_wanted or len(unacked) > self.state.buffer_size // 2
             self._ack_asked |= ack_now
         starts = range(0, len(points), MAX_POINTS_PER_MESSAGE)
-        return [self._batch(points[i : i + MAX_POINTS_PER_MESSAGE], ack_now and i == starts[-1]) for i in starts]
+        batches = [self._batch(points[i : i + MAX_POINTS_PER_MESSAGE], ack_now and i == starts[-1]) for i in starts]
+        if held is not None:
+            batches[-1].metrics.applied.CopyFrom(_applied(held))
+        return batches
 
     def _on_welcome(self, welcome: pb.Welcome, outbox: queue.SimpleQueue[Any]) -> None:
         if self.state.resync(welcome.version):
@@ -450,6 +481,7 @@ class Transport:
                 reason=message.reason,
                 apply_at_step=message.apply_at_step if message.HasField("apply_at_step") else None,
                 time=message.time,
+                ack_with_metrics=message.ack_with_metrics,
             )
         )
 

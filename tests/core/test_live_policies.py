@@ -226,3 +226,44 @@ def test_sighup_reloads_policies_and_a_schedule_changes_mid_run(tmp_path, superv
     assert sets == [0.1, 0.02]
     assert "policies not reloaded" in supervisor.log.read_text()
     hp.close()
+
+
+@pytest.mark.parametrize("transport", ["thread", "process"])
+def test_a_policys_change_is_acknowledged_with_the_trainers_next_batch(tmp_path, supervisor_factory, transport):
+    # The trainer reports without pause, so a batch is always on its way: the policy's delta says
+    # ack_with_metrics and the acknowledgement rides a batch (tests/core/test_sdk_batching.py shows
+    # the SDK then sends none alone). Recorded only if the supervisor reads it there.
+    config = write(tmp_path, PLATEAU.format(runs="*", mode="act"))
+    sup = supervisor_factory(tmp_path / "ack.db", args=("--config", str(config)))
+    hp = connect(
+        run="acked",
+        params={"lr": Float(0.1, min=1e-6, max=1.0)},
+        address=sup.address,
+        telemetry=False,
+        flush_interval=0.3,
+        transport=transport,
+    )
+    assert hp.wait_connected(10)
+    step, value = 0, 1.0
+
+    def report_for(seconds: float, improving: bool) -> None:
+        nonlocal step, value
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            value *= 0.99 if improving else 1.0
+            hp.report(step, val_loss=value)
+            step += 1
+            time.sleep(0.001)
+
+    deadline = time.monotonic() + 30
+    while hp.lr == 0.1 and time.monotonic() < deadline:
+        report_for(0.1, improving=False)  # a flat metric: the plateau policy halves lr
+    assert hp.lr < 0.1, "the plateau policy never acted"
+    report_for(1.0, improving=True)  # no more decisions: the last one's acknowledgement is its own
+    last: dict = {}
+    while not last.get("acks") and time.monotonic() < deadline:
+        report_for(0.3, improving=True)
+        last = policy_entries(sup, "acked")[-1]
+    assert last.get("acks"), f"the policy's last change was never acknowledged: {last}"
+    assert last["version"] == hp.version and last["acks"][0]["step"] >= last["step"]
+    hp.close()

@@ -6,16 +6,18 @@ import queue
 import time
 
 from trainer_sdk import Float
-from trainer_sdk._state import ConnectOptions, SessionState
+from trainer_sdk._state import ConnectOptions, Delta, SessionState
 from trainer_sdk._transport import _METRICS, Transport
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 
 
-def _transport(buffer_size: int = 5000) -> Transport:
+def _transport(buffer_size: int = 5000, flush_interval: float = 0.0) -> Transport:
     state = SessionState(
         run="r", rank=0, world_size=1, params={"lr": Float(0.1)}, values={"lr": 0.1}, buffer_size=buffer_size
     )
-    options = ConnectOptions(address="127.0.0.1:1", session_id="s", token=None, flush_interval=0.0, backoff_max=1.0)
+    options = ConnectOptions(
+        address="127.0.0.1:1", session_id="s", token=None, flush_interval=flush_interval, backoff_max=1.0
+    )
     transport = Transport(state, options)
     transport._outbox = queue.SimpleQueue()
     return transport
@@ -98,3 +100,68 @@ def test_points_trimmed_in_flight_count_as_dropped_only_if_the_supervisor_did_no
     transport._on_welcome(pb.Welcome(version=0, last_seq=6), queue.SimpleQueue())
     assert transport.dropped == 3  # the new connection says 6 was stored and 7 was not
     assert [p[0] for p in transport._unacked] == [8, 9, 10]
+
+
+def _sent(outbox: queue.SimpleQueue) -> list:
+    out = []
+    while not outbox.empty():
+        out.append(outbox.get())
+    return out
+
+
+def test_a_policys_acknowledgement_rides_the_next_batch_and_an_operators_goes_at_once() -> None:
+    transport = _transport(flush_interval=10.0)
+    state, outbox = transport.state, transport._outbox
+    state.queue.append((1, time.time(), {"loss": 1.0}))  # a point on its way, not yet due
+    state.receive(Delta(version=1, changes={"lr": 0.2}, source="policy:plateau", ack_with_metrics=True))
+    transport._send()
+    assert _sent(outbox) == [] and state.values["lr"] == 0.2  # applied at once, acknowledged later
+    transport._drain()
+    transport._send()
+    assert _sent(outbox) == [_METRICS]
+    (batch,) = transport._unsent_batches(outbox)
+    assert list(batch.metrics.steps) == [1] and batch.metrics.applied.version == 1
+
+    state.receive(Delta(version=2, changes={"lr": 0.3}, source="operator"))  # someone waits for this one
+    transport._send()
+    (message,) = _sent(outbox)
+    assert message.WhichOneof("message") == "applied" and message.applied.version == 2
+
+
+def test_a_held_acknowledgement_goes_alone_when_no_batch_would_carry_it() -> None:
+    transport = _transport(flush_interval=10.0)
+    state, outbox = transport.state, transport._outbox
+    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
+    transport._send()  # an idle trainer: nothing to send, so no batch will come
+    (message,) = _sent(outbox)
+    assert message.WhichOneof("message") == "applied" and message.applied.version == 1
+    assert transport._held_ack is None
+
+
+def test_an_acknowledgement_sent_at_once_covers_the_held_one_before_it() -> None:
+    transport = _transport(flush_interval=10.0)
+    state, outbox = transport.state, transport._outbox
+    state.queue.append((1, time.time(), {"loss": 1.0}))
+    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
+    state.receive(Delta(version=2, changes={"lr": 0.3}))
+    transport._send()
+    (message,) = _sent(outbox)
+    assert message.applied.version == 2  # versions are cumulative: 2 acknowledges 1 too
+    transport._drain()
+    transport._send()
+    assert _sent(outbox) == [_METRICS]
+    (batch,) = transport._unsent_batches(outbox)
+    assert not batch.metrics.HasField("applied")
+
+
+def test_a_held_acknowledgement_waits_for_a_batch_no_longer_than_the_flush_interval() -> None:
+    transport = _transport(flush_interval=0.05)
+    state, outbox = transport.state, transport._outbox
+    state.queue.append((1, time.time(), {"loss": 1.0}))  # points queued, but no flush comes in time
+    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
+    transport._send()
+    assert _sent(outbox) == []
+    time.sleep(0.06)
+    transport._send()
+    (message,) = _sent(outbox)
+    assert message.WhichOneof("message") == "applied" and message.applied.version == 1

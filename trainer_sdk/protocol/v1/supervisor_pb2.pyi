@@ -147,7 +147,7 @@ class MetricPoint(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., step: _Optional[int] = ..., time: _Optional[float] = ..., values: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class MetricBatch(_message.Message):
-    __slots__ = ("points", "dropped_total", "first_seq", "steps", "times", "value_counts", "names", "name_indexes", "values", "ack_now")
+    __slots__ = ("points", "dropped_total", "first_seq", "steps", "times", "value_counts", "names", "name_indexes", "values", "ack_now", "applied")
     POINTS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,7 @@ class MetricBatch(_message.Message):
     NAME_INDEXES_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     ACK_NOW_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
     points: _containers.RepeatedCompositeFieldContainer[MetricPoint]
     dropped_total: int
     first_seq: int
@@ -168,7 +169,8 @@ class MetricBatch(_message.Message):
     name_indexes: _containers.RepeatedScalarFieldContainer[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     ack_now: bool
-    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ..., first_seq: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., times: _Optional[_Iterable[float]] = ..., value_counts: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ..., name_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., ack_now: _Optional[bool] = ...) -> None: ...
+    applied: Applied
+    def __init__(self, points: _Optional[_Iterable[_Union[MetricPoint, _Mapping]]] = ..., dropped_total: _Optional[int] = ..., first_seq: _Optional[int] = ..., steps: _Optional[_Iterable[int]] = ..., times: _Optional[_Iterable[float]] = ..., value_counts: _Optional[_Iterable[int]] = ..., names: _Optional[_Iterable[str]] = ..., name_indexes: _Optional[_Iterable[int]] = ..., values: _Optional[_Iterable[float]] = ..., ack_now: _Optional[bool] = ..., applied: _Optional[_Union[Applied, _Mapping]] = ...) -> None: ...
 
 class Applied(_message.Message):
     __slots__ = ("version", "step", "time")
@@ -225,7 +227,7 @@ class Welcome(_message.Message):
     def __init__(self, version: _Optional[int] = ..., last_seq: _Optional[int] = ..., adopted: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
-    __slots__ = ("version", "changes", "trigger", "source", "reason", "apply_at_step", "time")
+    __slots__ = ("version", "changes", "trigger", "source", "reason", "apply_at_step", "time", "ack_with_metrics")
     class ChangesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +242,7 @@ class Delta(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     APPLY_AT_STEP_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    ACK_WITH_METRICS_FIELD_NUMBER: _ClassVar[int]
     version: int
     changes: _containers.MessageMap[str, ParamValue]
     trigger: str
@@ -247,7 +250,8 @@ class Delta(_message.Message):
     reason: str
     apply_at_step: int
     time: float
-    def __init__(self, version: _Optional[int] = ..., changes: _Optional[_Mapping[str, ParamValue]] = ..., trigger: _Optional[str] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., apply_at_step: _Optional[int] = ..., time: _Optional[float] = ...) -> None: ...
+    ack_with_metrics: bool
+    def __init__(self, version: _Optional[int] = ..., changes: _Optional[_Mapping[str, ParamValue]] = ..., trigger: _Optional[str] = ..., source: _Optional[str] = ..., reason: _Optional[str] = ..., apply_at_step: _Optional[int] = ..., time: _Optional[float] = ..., ack_with_metrics: _Optional[bool] = ...) -> None: ...
 
 class MetricsAck(_message.Message):
     __slots__ = ("seq",)
