@@ -282,16 +282,26 @@ def _hold(store: Store, started: threading.Event, release: threading.Event) -> N
     assert release.wait(10), "the test never released the writer"
 
 
-def test_a_write_first_overtakes_the_queue_and_cuts_the_group_in_progress(tmp_path: Path) -> None:
+async def _hold_the_writer(db: Any) -> tuple[asyncio.Future[Any], threading.Event]:
+    """Keep ``db``'s writer busy in a group of its own: the write, and the event that ends it."""
+    started, release = threading.Event(), threading.Event()
+    held = asyncio.ensure_future(db.write(_hold, started, release))
+    await asyncio.get_running_loop().run_in_executor(None, started.wait)
+    return held, release
+
+
+async def _database_with_a_run(path: Path) -> tuple[Any, int]:
     from supervisor.storage import Database
 
+    db = Database(path)
+    return db, await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+
+
+def test_a_write_first_overtakes_the_queue_and_cuts_the_group_in_progress(tmp_path: Path) -> None:
     async def main() -> None:
-        db = Database(tmp_path / "first.db")
+        db, run_id = await _database_with_a_run(tmp_path / "first.db")
         loop = asyncio.get_running_loop()
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
-        first_started, first_release = threading.Event(), threading.Event()
-        held = asyncio.ensure_future(db.write(_hold, first_started, first_release))  # a group of its own
-        await loop.run_in_executor(None, first_started.wait)
+        held, first_release = await _hold_the_writer(db)
         # queued while the writer is busy: they will run as one group, which the test holds in its middle
         started, release = threading.Event(), threading.Event()
         before = [asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, v / 100))) for v in (1, 2)]
@@ -316,11 +326,10 @@ def test_a_write_first_overtakes_the_queue_and_cuts_the_group_in_progress(tmp_pa
 
 def test_the_mark_of_a_write_first_taken_with_an_earlier_group_does_not_stop_the_writer(tmp_path: Path) -> None:
     """A write_first files its job, then its mark: a busy writer can take the job before the mark arrives."""
-    from supervisor.storage import _FIRST, Database
+    from supervisor.storage import _FIRST
 
     async def main() -> None:
-        db = Database(tmp_path / "mark.db")
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
+        db, run_id = await _database_with_a_run(tmp_path / "mark.db")
         db._writes.put(_FIRST)  # the late mark, with nothing left in the first lane
         await asyncio.sleep(0.05)
         assert await asyncio.wait_for(db.write(Store.record_change, run_id, **_change(1, 0.1)), 5)
@@ -330,15 +339,10 @@ def test_the_mark_of_a_write_first_taken_with_an_earlier_group_does_not_stop_the
 
 
 def test_closing_the_database_stores_every_write_queued_before(tmp_path: Path) -> None:
-    from supervisor.storage import Database
-
     async def main() -> None:
-        db = Database(tmp_path / "close.db")
+        db, run_id = await _database_with_a_run(tmp_path / "close.db")
         loop = asyncio.get_running_loop()
-        run_id = await db.write(Store.create_run, "r", world_size=1, specs={}, values={}, version=0, now=0.0)
-        started, release = threading.Event(), threading.Event()
-        held = asyncio.ensure_future(db.write(_hold, started, release))
-        await loop.run_in_executor(None, started.wait)
+        held, release = await _hold_the_writer(db)
         queued = [asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, v / 100))) for v in (1, 2)]
         queued.append(asyncio.ensure_future(db.write_first(Store.record_change, run_id, **_change(3, 0.03))))
         await asyncio.sleep(0.01)
@@ -558,9 +562,7 @@ def test_an_operators_change_is_stored_ahead_of_the_policies_changes_queued_befo
         core = Supervisor(db)
         await core.start()
         opened = [await core.open_session(hello(run=name, session_id=name).hello, "peer") for name in ("a", "b")]
-        started, release = threading.Event(), threading.Event()
-        held = asyncio.ensure_future(db.write(_hold, started, release))
-        await asyncio.get_running_loop().run_in_executor(None, started.wait)
+        held, release = await _hold_the_writer(db)
         policy = asyncio.ensure_future(
             core.set_params("a", {"lr": 0.2}, reason="plateau", source="policy:p", pin=False)
         )
