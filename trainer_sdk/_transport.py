@@ -208,7 +208,8 @@ class Transport:
             else:
                 state.pump_idle = True
                 if not state.queue and not state.acks and not self._flush_now and not self.stopping.is_set():
-                    state.wake.wait(1.0 if self._held_ack is None else self.flush_interval)
+                    held = self._held_ack is not None and self._outbox is not None  # due within flush_interval
+                    state.wake.wait(self.flush_interval if held else 1.0)
                 state.pump_idle = False
             state.wake.clear()
             try:
@@ -265,6 +266,7 @@ class Transport:
             if held is not None and (
                 time.monotonic() - self._held_since >= self.flush_interval
                 or not (unsent or self._metrics_queued or self._points_coming())
+                or self.stopping.is_set()  # closing: no later batch will carry it
             ):
                 outbox.put(pb.ConnectRequest(applied=_applied(held)))  # no batch took it, or none will
                 self._held_ack = None

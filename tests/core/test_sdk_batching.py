@@ -165,3 +165,16 @@ def test_a_held_acknowledgement_waits_for_a_batch_no_longer_than_the_flush_inter
     transport._send()
     (message,) = _sent(outbox)
     assert message.WhichOneof("message") == "applied" and message.applied.version == 1
+
+
+def test_a_closing_session_does_not_keep_an_acknowledgement_for_a_batch_that_may_not_come() -> None:
+    transport = _transport(flush_interval=10.0)
+    state, outbox = transport.state, transport._outbox
+    state.queue.append((1, time.time(), {"loss": 1.0}))
+    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
+    transport._send()
+    assert _sent(outbox) == []  # held for the batch the queued point will go in
+    transport.stopping.set()  # close(): the last batches may never be sent
+    transport._send()
+    (message,) = _sent(outbox)
+    assert message.WhichOneof("message") == "applied" and message.applied.version == 1
