@@ -109,13 +109,26 @@ def _sent(outbox: queue.SimpleQueue) -> list:
     return out
 
 
-def test_a_policys_acknowledgement_rides_the_next_batch_and_an_operators_goes_at_once() -> None:
-    transport = _transport(flush_interval=10.0)
-    state, outbox = transport.state, transport._outbox
-    state.queue.append((1, time.time(), {"loss": 1.0}))  # a point on its way, not yet due
-    state.receive(Delta(version=1, changes={"lr": 0.2}, source="policy:plateau", ack_with_metrics=True))
+def _holding(flush_interval: float = 10.0) -> Transport:
+    """A transport with a point on its way and a policy's change applied: its acknowledgement is held."""
+    transport = _transport(flush_interval=flush_interval)
+    transport.state.queue.append((1, time.time(), {"loss": 1.0}))  # queued, not yet due
+    transport.state.receive(Delta(version=1, changes={"lr": 0.2}, source="policy:plateau", ack_with_metrics=True))
     transport._send()
-    assert _sent(outbox) == [] and state.values["lr"] == 0.2  # applied at once, acknowledged later
+    assert _sent(transport._outbox) == [] and transport.state.values["lr"] == 0.2  # applied, not acknowledged
+    return transport
+
+
+def _applied_alone(outbox: queue.SimpleQueue) -> int:
+    """The version of the one message sent, an Applied of its own."""
+    (message,) = _sent(outbox)
+    assert message.WhichOneof("message") == "applied"
+    return message.applied.version
+
+
+def test_a_policys_acknowledgement_rides_the_next_batch_and_an_operators_goes_at_once() -> None:
+    transport = _holding()
+    state, outbox = transport.state, transport._outbox
     transport._drain()
     transport._send()
     assert _sent(outbox) == [_METRICS]
@@ -124,29 +137,22 @@ def test_a_policys_acknowledgement_rides_the_next_batch_and_an_operators_goes_at
 
     state.receive(Delta(version=2, changes={"lr": 0.3}, source="operator"))  # someone waits for this one
     transport._send()
-    (message,) = _sent(outbox)
-    assert message.WhichOneof("message") == "applied" and message.applied.version == 2
+    assert _applied_alone(outbox) == 2
 
 
 def test_a_held_acknowledgement_goes_alone_when_no_batch_would_carry_it() -> None:
     transport = _transport(flush_interval=10.0)
-    state, outbox = transport.state, transport._outbox
-    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
+    transport.state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
     transport._send()  # an idle trainer: nothing to send, so no batch will come
-    (message,) = _sent(outbox)
-    assert message.WhichOneof("message") == "applied" and message.applied.version == 1
-    assert transport._held_ack is None
+    assert _applied_alone(transport._outbox) == 1 and transport._held_ack is None
 
 
 def test_an_acknowledgement_sent_at_once_covers_the_held_one_before_it() -> None:
-    transport = _transport(flush_interval=10.0)
-    state, outbox = transport.state, transport._outbox
-    state.queue.append((1, time.time(), {"loss": 1.0}))
-    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
-    state.receive(Delta(version=2, changes={"lr": 0.3}))
+    transport = _holding()
+    outbox = transport._outbox
+    transport.state.receive(Delta(version=2, changes={"lr": 0.3}))
     transport._send()
-    (message,) = _sent(outbox)
-    assert message.applied.version == 2  # versions are cumulative: 2 acknowledges 1 too
+    assert _applied_alone(outbox) == 2  # versions are cumulative: 2 acknowledges 1 too
     transport._drain()
     transport._send()
     assert _sent(outbox) == [_METRICS]
@@ -155,26 +161,14 @@ def test_an_acknowledgement_sent_at_once_covers_the_held_one_before_it() -> None
 
 
 def test_a_held_acknowledgement_waits_for_a_batch_no_longer_than_the_flush_interval() -> None:
-    transport = _transport(flush_interval=0.05)
-    state, outbox = transport.state, transport._outbox
-    state.queue.append((1, time.time(), {"loss": 1.0}))  # points queued, but no flush comes in time
-    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
-    transport._send()
-    assert _sent(outbox) == []
+    transport = _holding(flush_interval=0.05)  # points queued, but no flush comes in time
     time.sleep(0.06)
     transport._send()
-    (message,) = _sent(outbox)
-    assert message.WhichOneof("message") == "applied" and message.applied.version == 1
+    assert _applied_alone(transport._outbox) == 1
 
 
 def test_a_closing_session_does_not_keep_an_acknowledgement_for_a_batch_that_may_not_come() -> None:
-    transport = _transport(flush_interval=10.0)
-    state, outbox = transport.state, transport._outbox
-    state.queue.append((1, time.time(), {"loss": 1.0}))
-    state.receive(Delta(version=1, changes={"lr": 0.2}, ack_with_metrics=True))
-    transport._send()
-    assert _sent(outbox) == []  # held for the batch the queued point will go in
+    transport = _holding()
     transport.stopping.set()  # close(): the last batches may never be sent
     transport._send()
-    (message,) = _sent(outbox)
-    assert message.WhichOneof("message") == "applied" and message.applied.version == 1
+    assert _applied_alone(transport._outbox) == 1
