@@ -434,7 +434,6 @@ def run(quick: bool, out: Path | None = None) -> Result:
     sharded = [] if quick else [sizes[-1]]
     # and the largest at twice the rate: the capacity the >= 100,000 values/s target asks about
     capacity = [] if quick else [sizes[-1]]
-    runs = []
     # and, once more, the largest with py-spy attached during its wave of decisions: a pass of its own,
     # since py-spy's sampling costs the supervisor CPU (none of its figures is a row)
     profiled = [] if quick or not PY_SPY.exists() else [sizes[-1]]

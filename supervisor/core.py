@@ -594,7 +594,8 @@ class Supervisor:
         the operator is waiting, a policy's decision is not.
         """
         now = time.time() if now is None else now
-        write = self.db.write_first if source == OPERATOR else self.db.write
+        operator_waits = source == OPERATOR  # for the commit, then for the trainers' acknowledgement
+        write = self.db.write_first if operator_waits else self.db.write
         await write(
             Store.record_change,
             run.id,
@@ -625,7 +626,7 @@ class Supervisor:
                 source=source,
                 reason=reason,
                 time=now,
-                ack_with_metrics=source != OPERATOR,  # only an operator's call waits for the acknowledgement
+                ack_with_metrics=not operator_waits,
             )
             if apply_at_step is not None:
                 delta.apply_at_step = apply_at_step

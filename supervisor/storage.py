@@ -823,7 +823,7 @@ class Database:
             if self._first:
                 lane, cut = self._first, None
             elif waiting:
-                lane, cut = waiting, lambda: bool(self._first)
+                lane, cut = waiting, self._first_waits
             elif stop:
                 return  # nothing is left to write
             else:
@@ -842,6 +842,9 @@ class Database:
                     loop.call_soon_threadsafe(_settle, done)
                 except RuntimeError:  # that loop is closed: nobody waits for these
                     pass
+
+    def _first_waits(self) -> bool:
+        return bool(self._first)
 
     @staticmethod
     def _take(item: Any, waiting: deque[Any]) -> bool:

@@ -9,7 +9,7 @@ Messages, trainer → sidecar::
     ("init", config)                          first, once: what connect() was given
     ("points", overflow, [Point, ...], ship)  a batch in report order; ship: SHIP_IN_TIME, SHIP_NOW or
                                               SHIP_AND_TELL (send now; say "stored" when all is stored)
-    ("acks", [(version, step, time), ...], version, values)
+    ("acks", [Ack fields, ...], version, values)  each an Ack as a plain tuple
     ("rehello",)                              reconnect: the supervisor adopted older values than these
     ("close", outcome, timeout)
 
@@ -18,8 +18,7 @@ training thread reads on every report) except "stored", which only a waiting
 flush reads::
 
     ("welcome", version)                      a (re)connection, before its deltas (SessionState.resync)
-    ("delta", version, changes, trigger, source, reason, apply_at_step, time)
-                                              a Delta's fields: builtins unpickle without a class lookup
+    ("delta", *Delta fields)                  in Delta(*fields) order: builtins unpickle without a class lookup
     ("status", connected, flush_interval)     when either changes
     ("stored",)                               after SHIP_AND_TELL, once every point received is stored
     ("closed", flushed, points_received)

@@ -157,7 +157,7 @@ class ProcessTransport:
             acks = []
             while state.acks:
                 ack = state.acks.popleft()
-                acks.append((ack.version, ack.step, ack.time, ack.with_metrics))
+                acks.append(tuple(ack))  # builtins unpickle without a class lookup
             version, values = state.snapshot()
             self._out += _link.encode(("acks", acks, version, values))
         if self._rehello:

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from trainer_sdk._params import InvalidValue, Param, ParamValue
 from trainer_sdk._tls import TlsTrust
@@ -72,8 +72,9 @@ class ConnectOptions:
     """What to trust for a TLS connection; None for plaintext."""
 
 
-@dataclass(frozen=True)
-class Ack:
+class Ack(NamedTuple):
+    """A version applied here, to acknowledge; crosses to the sidecar as ``tuple(ack)``."""
+
     version: int
     step: int
     time: float
