@@ -211,6 +211,13 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
             "a timeout, its close): receipts of a second's batches go together (default 2; 0: after every commit)",
         )
         p.add_argument(
+            "--db-writer",
+            choices=("process", "thread"),
+            default="process",
+            help="where the database's writes run (default: a process of their own, whose SQLite statements never "
+            "wait for this one's busy interpreter; thread: inside this process, one process fewer)",
+        )
+        p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"
         )
         p.add_argument(
@@ -408,6 +415,7 @@ def _serve(args: argparse.Namespace) -> int:
         http_port=http_port,
         http_optional=http_optional,
         db=Path(args.db),
+        db_writer=args.db_writer,
         token=args.token or os.environ.get("SUPERVISOR_TOKEN"),
         metrics_host=args.metrics_host,
         metrics_port=args.metrics_port,

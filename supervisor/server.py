@@ -59,6 +59,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     db: Path = Path("supervisor.db")
+    db_writer: str = "process"
+    """Where the database's writes run: "process" (a child of this one, the default) or "thread"; see ``Database``."""
     token: str | None = None
     metrics_host: str | None = None
     metrics_port: int | None = None
@@ -128,7 +130,7 @@ class SupervisorServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.certificate = _certificate(config)  # before the database: a mistake here leaves no file behind
-        self.db = Database(config.db)
+        self.db = Database(config.db, writer=config.db_writer)
         self.metrics: Any = None
         self.metrics_address: tuple[str, int] | None = None
         self.http_port: int | None = None

@@ -403,7 +403,8 @@ def child_argv(
     ``socket`` for the front door's forwarded calls)."""
     port = config.shard_ports + index - 1 if config.shard_ports else 0
     argv = [sys.executable, "-m", "supervisor", "serve", "--host", config.host, "--port", str(port), "--no-http",
-            "--db", str(shard_db(config.db, index)), "--shard", f"{index}/{config.shards}",
+            "--db", str(shard_db(config.db, index)), "--db-writer", config.db_writer,
+            "--shard", f"{index}/{config.shards}",
             "--front-port", str(front_port), "--front-pid", str(os.getpid()), "--routing", rules_to_text(rules),
             "--max-metric-messages", repr(config.max_metric_messages), "--ack-delay", repr(config.ack_delay),
             "--log-level", config.log_level]

@@ -7,10 +7,11 @@ queries while the writer commits. A change is committed with
 ``NORMAL``, which survives a killed process (the case that matters here) and
 loses at most the last commits on power loss, which trainers then resend.
 
-All methods are synchronous; the server calls them from one writer thread and
-one reader thread (see ``Database``). The writer commits whatever is queued
-together: one transaction (and at most one fsync) for all the changes,
-acknowledgements and metric rounds that arrived while the last one committed.
+All methods are synchronous; the server calls them from one writer (a process
+of its own by default, see ``supervisor.write_process``) and one reader thread
+(see ``Database``). The writer commits whatever is queued together: one
+transaction (and at most one fsync) for all the changes, acknowledgements and
+metric rounds that arrived while the last one committed.
 """
 
 from __future__ import annotations
@@ -753,62 +754,37 @@ class _Transaction:
 
 MAX_WRITES_PER_COMMIT = 512
 
+Settle = Callable[[list[tuple[Any, Any]]], None]
+"""Takes a committed group's (token, result or exception) pairs, on the writer's thread."""
 
-class Database:
-    """Async access to a Store: one thread writes, another reads, the event loop never blocks.
 
-    Writes are group-committed: the writer thread takes every write queued
-    while it was busy and commits them in one transaction (``Store.run_group``).
-    Under load that turns hundreds of commits a second (each durable change,
-    each acknowledgement of one, each metrics round) into a few dozen; idle, a
-    write commits at once as before. Each ``write`` returns after the commit
-    that contains it.
+class GroupWriter:
+    """The write loop: commits whatever is queued as one group, with a lane for writes someone waits on.
 
-    A write an operator waits on (``write_first``) does not queue behind that
-    work: at a thousand streams a wave of policy decisions fills groups of
-    dozens of durable changes, tens of milliseconds each, and an operator's
-    change queued behind them waited for the group in progress and then its own.
+    A job is (token, fn, args, kwargs); ``settle`` gets each group's tokens
+    with their results. ``Database`` runs it on a thread of its own, and the
+    writer process (``supervisor.write_process``) on one of its.
     """
 
-    def __init__(self, path: str | Path) -> None:
-        self.store = Store(path)
-        self._reader = self.store.reader()
+    def __init__(self, store: Store, settle: Settle) -> None:
+        self.store = store
+        self._settle = settle
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
         """What wakes the writer: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
         self._first: deque[Any] = deque()
-        self._closed = False
-        self._writer = threading.Thread(target=self._write_loop, name="db-writer", daemon=True)
-        self._writer.start()
-        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
-    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        return await self._submit(False, fn, args, kwargs)
-
-    async def write_first(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``write``, ahead of every write queued: for a write someone is waiting on.
-
-        The group being committed stops after the job it is running and commits;
-        this write then commits in a group of its own (with any other ``write_first``
-        that arrived meanwhile), and the rest follow in their order. A group always
-        runs at least one job, so even a flood of these alternates with the other
-        writes instead of starving them (a metrics round is one job).
-        """
-        return await self._submit(True, fn, args, kwargs)
-
-    async def _submit(self, first: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
-        if self._closed:
-            raise RuntimeError("the database is closed: the supervisor is shutting down")
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        job = (loop, future, fn, args, kwargs)
+    def put(self, job: tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], first: bool) -> None:
         if first:
             self._first.append(job)
             self._writes.put(_FIRST)
         else:
             self._writes.put(job)
-        return await future
 
-    def _write_loop(self) -> None:
+    def stop(self) -> None:
+        """Make ``run`` return once every write queued before this is stored."""
+        self._writes.put(None)
+
+    def run(self) -> None:
         waiting: deque[Any] = deque()  # jobs taken from the queue, or left over from a group cut short
         stop = False
         while True:
@@ -830,18 +806,11 @@ class Database:
                 continue  # woken by the mark of a write_first that an earlier group already took
             group = [lane.popleft() for _ in range(min(len(lane), MAX_WRITES_PER_COMMIT))]
             try:
-                results = self.store.run_group([(fn, args, kwargs) for _, _, fn, args, kwargs in group], cut)
-            except BaseException as exc:  # the writer thread must outlive any one group
+                results = self.store.run_group([(fn, args, kwargs) for _, fn, args, kwargs in group], cut)
+            except BaseException as exc:  # the writer must outlive any one group
                 results = [_group_failure(exc) for _ in group]
             waiting.extendleft(reversed(group[len(results):]))  # a cut group's rest goes first next time
-            by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
-            for (loop, future, *_), result in zip(group[: len(results)], results, strict=True):
-                by_loop.setdefault(loop, []).append((future, result))
-            for loop, done in by_loop.items():
-                try:
-                    loop.call_soon_threadsafe(_settle, done)
-                except RuntimeError:  # that loop is closed: nobody waits for these
-                    pass
+            self._settle([(token, result) for (token, *_), result in zip(group[: len(results)], results, strict=True)])
 
     def _first_waits(self) -> bool:
         return bool(self._first)
@@ -855,17 +824,88 @@ class Database:
             waiting.append(item)
         return False
 
+
+class Database:
+    """Async access to a Store: one writer, one reader thread; the event loop never blocks.
+
+    Writes are group-committed: the writer takes every write queued while it
+    was busy and commits them in one transaction (``Store.run_group``). Under
+    load that turns hundreds of commits a second (each durable change, each
+    acknowledgement of one, each metrics round) into a few dozen; idle, a
+    write commits at once as before. Each ``write`` returns after the commit
+    that contains it.
+
+    A write an operator waits on (``write_first``) does not queue behind that
+    work: at a thousand streams a wave of policy decisions fills groups of
+    dozens of durable changes, tens of milliseconds each, and an operator's
+    change queued behind them waited for the group in progress and then its own.
+
+    ``writer="process"`` runs the writer in a process of its own
+    (``supervisor.write_process``): every SQLite statement releases and
+    retakes the GIL, and under load the event loop holds it, so a commit made
+    on a thread of this process waits its turn for each statement. Its writes
+    must then be ``Store`` methods, and their arguments and results picklable.
+    """
+
+    def __init__(self, path: str | Path, *, writer: str = "thread") -> None:
+        self.store = Store(path)
+        self._reader = self.store.reader()
+        self._closed = False
+        self._writer: Any
+        if writer == "process":
+            from supervisor.write_process import WriterProcess
+
+            self._writer = WriterProcess(self.store.path, _settle_by_loop)
+        elif writer == "thread":
+            self._writer = _WriterThread(self.store, _settle_by_loop)
+        else:
+            raise ValueError(f"writer={writer!r}: use 'thread' or 'process'")
+        self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
+
+    async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await self._submit(False, fn, args, kwargs)
+
+    async def write_first(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``write``, ahead of every write queued: for a write someone is waiting on.
+
+        The group being committed stops after the job it is running and commits;
+        this write then commits in a group of its own (with any other ``write_first``
+        that arrived meanwhile), and the rest follow in their order. A group always
+        runs at least one job, so even a flood of these alternates with the other
+        writes instead of starving them (a metrics round is one job).
+        """
+        return await self._submit(True, fn, args, kwargs)
+
+    async def _submit(self, first: bool, fn: Callable[..., T], args: tuple[Any, ...], kwargs: dict[str, Any]) -> T:
+        if self._closed:
+            raise RuntimeError("the database is closed: the supervisor is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._writer.put(((loop, future), fn, args, kwargs), first)
+        return await future
+
     async def read(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._read_pool, lambda: fn(self._reader, *args, **kwargs))
 
     def close(self) -> None:
+        """Store every write queued so far, then close."""
         self._closed = True
-        self._writes.put(None)
-        self._writer.join()
+        self._writer.close()
         self._read_pool.shutdown(wait=True)
         self.store.close()
         self._reader.close()
+
+
+class _WriterThread(GroupWriter):
+    def __init__(self, store: Store, settle: Settle) -> None:
+        super().__init__(store, settle)
+        self._thread = threading.Thread(target=self.run, name="db-writer", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        self.stop()
+        self._thread.join()
 
 
 _FIRST = object()
@@ -876,6 +916,18 @@ def _group_failure(exc: BaseException) -> Exception:
     failure = RuntimeError(f"not stored: the transaction it shared failed with {type(exc).__name__}: {exc}")
     failure.__cause__ = exc
     return failure
+
+
+def _settle_by_loop(done: list[tuple[Any, Any]]) -> None:
+    """Hand each ((loop, future), result) to its future, on the future's loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for (loop, future), result in done:
+        by_loop.setdefault(loop, []).append((future, result))
+    for loop, settled in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:  # that loop is closed: nobody waits for these
+            pass
 
 
 def _settle(done: list[tuple[asyncio.Future[Any], Any]]) -> None:

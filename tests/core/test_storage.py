@@ -330,7 +330,7 @@ def test_the_mark_of_a_write_first_taken_with_an_earlier_group_does_not_stop_the
 
     async def main() -> None:
         db, run_id = await _database_with_a_run(tmp_path / "mark.db")
-        db._writes.put(_FIRST)  # the late mark, with nothing left in the first lane
+        db._writer._writes.put(_FIRST)  # the late mark, with nothing left in the first lane
         await asyncio.sleep(0.05)
         assert await asyncio.wait_for(db.write(Store.record_change, run_id, **_change(1, 0.1)), 5)
         db.close()
