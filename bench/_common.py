@@ -182,18 +182,30 @@ def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> 
 
 # -- a supervisor subprocess --------------------------------------------------------------------------
 
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is ``pid``: a sharded supervisor's other shards."""
-    children = []
+def descendant_pids(pid: int) -> list[int]:
+    """Every process started under ``pid``: its database writer, and a sharded supervisor's shards and theirs."""
+    parents: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rpartition(")")[2].split()[1]) == pid:
-                children.append(int(entry.name))
-    return children
+            parents.setdefault(int(stat.rpartition(")")[2].split()[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        out += children
+        todo += children
+    return out
+
+
+def is_db_writer(pid: int) -> bool:
+    """Whether ``pid`` is a supervisor's database writer process (``supervisor.write_process``)."""
+    try:
+        return b"supervisor.write_process" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 class SupervisorProcess:

@@ -54,9 +54,10 @@ from bench._common import (
     ROOT,
     Result,
     SupervisorProcess,
-    child_pids,
     cpu_counters,
     cpu_seconds,
+    descendant_pids,
+    is_db_writer,
     machine_usage,
     python_loop_ms,
     rel,
@@ -230,7 +231,9 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
     shards = ("--shards", str(supervisors)) if supervisors > 1 else ()
     with ExitStack() as stack:
         sup = stack.enter_context(SupervisorProcess(config=config, workdir=workdir / "supervisor", args=shards))
-        pids = [sup.pid, *child_pids(sup.pid)]
+        pids = [sup.pid, *descendant_pids(sup.pid)]  # with each database writer process
+        writers = [pid for pid in pids if is_db_writer(pid)]
+        servers = [pid for pid in pids if pid not in writers]
         spy_ok = profile and supervisors == 1 and PY_SPY.exists()
         duration = warmup + window + 2
         flush = DEFAULT_FLUSH_INTERVAL
@@ -267,7 +270,8 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         time.sleep(1.0)
         gen_cpu0 = sum(cpu_seconds(p.pid) for p, _ in gens)
         me0, usage0 = time.process_time(), cpu_counters()
-        loop0 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in pids)
+        loop0 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in servers)
+        writer0 = sum(cpu_seconds(pid) for pid in writers)
         cpu0, t0 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
         recv0 = _points_received(sup.address)
         rss_samples = []
@@ -279,10 +283,12 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         cpu1, t1 = sum(cpu_seconds(pid) for pid in pids), time.perf_counter()
         gen_cpu1 = sum(cpu_seconds(p.pid) for p, _ in gens)
         me1, usage1 = time.process_time(), cpu_counters()
-        loop1 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in pids)
+        loop1 = sum(thread_cpu_seconds(pid).get(pid, 0) for pid in servers)
+        writer1 = sum(cpu_seconds(pid) for pid in writers)
         res["machine_usage"] = machine_usage(usage0, usage1)
         res["prober_cpu_cores"] = (me1 - me0) / (t1 - t0)
         res["supervisor_event_loop_cpu_cores"] = (loop1 - loop0) / (t1 - t0)
+        res["db_writer_cpu_cores"] = (writer1 - writer0) / (t1 - t0)
         stop.set()
         prober.join(30)
         res["rss_peak_mib"] = sum(rss_peak_mib(pid) for pid in pids)  # every process's peak, added up
@@ -491,7 +497,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
                         f"{hc.get('p99', float('nan')):.1f} ms; report -> policy -> visible p50 "
                         f"{pol.get('p50', float('nan')):.1f} / p99 {pol.get('p99', float('nan')):.1f} ms; "
                         f"lost {p['lost']}; failed {p.get('failed', 0)} {'; '.join(r.get('probe_failures', []))[:300]}")
-        result.row(f"{label}: supervisor CPU / peak RSS" + (" (all processes)" if shards > 1 else ""),
+        result.row(f"{label}: supervisor CPU / peak RSS (all its processes)",
                    f"{r['supervisor_cpu_cores']:.2f} cores / "
                    f"{r['rss_peak_mib']:.0f} MiB", "",
                    target="< 1 GB" if big else "", met=(r["rss_peak_mib"] < TARGET_RSS_MIB) if big else None,
@@ -499,7 +505,8 @@ def run(quick: bool, out: Path | None = None) -> Result:
                         f"supervisor CPU-second; "
                         f"{'their event-loop threads together' if shards > 1 else 'its event-loop thread'} "
                         f"{r['supervisor_event_loop_cpu_cores']:.2f} "
-                        f"cores; load generators "
+                        f"cores, {'their' if shards > 1 else 'its'} database writer process"
+                        f"{'es' if shards > 1 else ''} {r.get('db_writer_cpu_cores', 0.0):.2f}; load generators "
                         f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
                         f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; reference Python loop "
                         f"{r['python_loop_ms']:.1f} ms just before; "
