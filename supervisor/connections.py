@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter
@@ -201,7 +202,8 @@ class IngestWriter:
                 newly = await self._db.write(
                     Store.insert_metrics,
                     [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
-                    [(policy, scope, state) for (policy, scope), state in states.items()],
+                    # as JSON text: a writer process takes pickles, and a state is only promised to be JSON
+                    [(policy, scope, json.dumps(state)) for (policy, scope), state in states.items()],
                     [ack for ack, _ in acks],
                 )
             except asyncio.CancelledError:

@@ -12,7 +12,7 @@ import grpc
 
 from supervisor.core import BadSession, Supervisor
 from supervisor.runs import RefusedChange, RunState, SupervisorError, UnknownRun
-from supervisor.storage import ChangeRow
+from supervisor.storage import ChangeRow, WriterUnavailable
 from trainer_sdk import _wire
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
 from trainer_sdk.protocol.v1 import supervisor_pb2_grpc as pb_grpc
@@ -41,6 +41,13 @@ async def _call(context: grpc.aio.ServicerContext, metrics: Any, work: Callable[
     except SupervisorError as exc:
         metrics.record_error(_ERROR_KIND.get(type(exc), "request_error"))
         await context.abort(_STATUS.get(type(exc), grpc.StatusCode.FAILED_PRECONDITION), str(exc))
+        raise  # unreachable: abort raises
+    except WriterUnavailable as exc:
+        metrics.record_error("storage")
+        await context.abort(
+            grpc.StatusCode.UNAVAILABLE,
+            f"{exc}; the supervisor can store nothing more: restart it (its log says why its database writer stopped)",
+        )
         raise  # unreachable: abort raises
     except sqlite3.Error as exc:  # nothing was changed: the write's transaction rolled back, memory follows it
         metrics.record_error("storage")

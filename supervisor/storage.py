@@ -189,6 +189,10 @@ def _atomic(method: Callable[..., T]) -> Callable[..., T]:
     return method
 
 
+class WriterUnavailable(RuntimeError):
+    """The database writer process is gone: nothing more can be stored until the supervisor restarts."""
+
+
 class StoreError(Exception):
     """The database file cannot be used: missing folder, no permission, not SQLite, or a newer schema."""
 
@@ -456,12 +460,12 @@ class Store:
     def insert_metrics(
         self,
         batches: Sequence[tuple[int, int, int, int, MetricColumns]],
-        policy_states: Iterable[tuple[str, str, Any]] = (),
+        policy_states: Iterable[tuple[str, str, str]] = (),
         acks: Sequence[AckRecord] = (),
     ) -> list[list[tuple[int, float]]]:
         """Store batches of (run_id, rank, session key, dropped_total, points) in one transaction.
 
-        Policy state saved since the last round, and trainers' acknowledgements
+        Policy state saved since the last round (as JSON text), and trainers' acknowledgements
         (``IngestWriter.record_acks``; returned in order, each as the versions
         it newly recorded), go into the same transaction.
         Callers pass only points newer than the session's stored seq, in order;
@@ -590,11 +594,12 @@ class Store:
 
     # -- policy state ------------------------------------------------------------------------
 
-    def _put_policy_states(self, items: Iterable[tuple[str, str, Any]]) -> None:
+    def _put_policy_states(self, items: Iterable[tuple[str, str, str]]) -> None:
+        """Save (policy, scope, state as JSON text) rows."""
         self._conn.executemany(
             "INSERT INTO policy_state VALUES (?, ?, ?)"
             " ON CONFLICT (policy, scope) DO UPDATE SET state = excluded.state",
-            [(policy, scope, json.dumps(state)) for policy, scope, state in items],
+            list(items),
         )
 
     def load_policy_state(self) -> dict[tuple[str, str], Any]:
@@ -848,18 +853,24 @@ class Database:
     """
 
     def __init__(self, path: str | Path, *, writer: str = "thread") -> None:
+        if writer not in ("thread", "process"):
+            raise ValueError(f"writer={writer!r}: use 'thread' or 'process'")
         self.store = Store(path)
-        self._reader = self.store.reader()
         self._closed = False
         self._writer: Any
-        if writer == "process":
-            from supervisor.write_process import WriterProcess
+        try:
+            self._reader = self.store.reader()
+            if writer == "process":
+                from supervisor.write_process import WriterProcess
 
-            self._writer = WriterProcess(self.store.path, _settle_by_loop)
-        elif writer == "thread":
-            self._writer = _WriterThread(self.store, _settle_by_loop)
-        else:
-            raise ValueError(f"writer={writer!r}: use 'thread' or 'process'")
+                self._writer = WriterProcess(self.store.path, _settle_by_loop)
+            else:
+                self._writer = _WriterThread(self.store, _settle_by_loop)
+        except BaseException:
+            self.store.close()
+            if hasattr(self, "_reader"):
+                self._reader.close()
+            raise
         self._read_pool = ThreadPoolExecutor(1, thread_name_prefix="db-reader")
 
     async def write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import os
 import signal
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,7 +30,7 @@ def test_writes_run_in_the_child_and_return_their_results_and_errors(tmp_path: P
         ids = await asyncio.gather(*(db.write(Store.record_change, run_id, **_change(v, v / 100))
                                      for v in range(1, 101)))
         assert ids == sorted(ids) and len(set(ids)) == 100
-        with pytest.raises(Exception, match="UNIQUE constraint failed"):  # sqlite3.IntegrityError, pickled back
+        with pytest.raises(sqlite3.IntegrityError, match="UNIQUE constraint failed"):  # its type crosses back
             await db.write(Store.record_change, run_id, **_change(7, 0.5))
         key, last_seq, known = await db.write(Store.open_session, run_id, 0, "s")
         points = MetricColumns([1, 2], [10, 20], [1.0, 2.0], [1, 1], ["loss"], [0, 0], [0.5, 0.25])
@@ -52,6 +55,27 @@ def test_only_store_methods_cross_to_the_child(tmp_path: Path) -> None:
         with pytest.raises(Exception, match="pickle"):
             await db.write(Store.set_outcome, run_id, lambda: 1)
         assert await db.write(Store.set_outcome, run_id, 1) is None  # the writer goes on
+        db.close()
+
+    asyncio.run(main())
+
+
+class _Unreadable:
+    """Pickles in the supervisor, fails to unpickle in the writer process."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return operator.truediv, (1, 0)
+
+
+def test_a_write_the_child_cannot_read_fails_alone_and_the_rest_are_stored(tmp_path: Path) -> None:
+    async def main() -> None:
+        db, run_id = await _database_with_a_run(tmp_path / "bad.db")
+        before, bad, after = (asyncio.ensure_future(db.write(Store.record_change, run_id, **_change(v, lr)))
+                              for v, lr in ((1, 0.1), (2, _Unreadable()), (3, 0.3)))
+        with pytest.raises(RuntimeError, match="cannot read this write: ZeroDivisionError"):
+            await bad
+        assert await before and await after
+        assert [row.version for row in await db.read(Store.history, run_id)] == [1, 3]
         db.close()
 
     asyncio.run(main())
@@ -97,6 +121,47 @@ def test_a_killed_writer_fails_every_write_with_its_exit_code_and_reads_go_on(tm
         with pytest.raises(RuntimeError, match=r"not stored: the database writer process exited with code -9"):
             await db.write(Store.record_change, run_id, **_change(2, 0.2))
         assert [row.version for row in await db.read(Store.history, run_id)] == [1]
+        db.close()
+
+    asyncio.run(main())
+
+
+def test_the_child_of_a_killed_supervisor_exits_without_waiting(tmp_path: Path) -> None:
+    """Its input ends without the stop: a supervisor started next on the file must not find it still writing."""
+    from supervisor.write_process import WriterProcess
+
+    writer = WriterProcess(str(tmp_path / "orphan.db"), lambda done: None)
+    writer._to_child.close()  # what the supervisor's death does to the pipe
+    assert writer._proc.wait(10) == 0
+    writer._receiver.join(10)
+    assert writer._failure == "the database writer process exited with code 0"
+
+
+def test_an_operators_change_when_the_writer_is_gone_is_unavailable_by_name(tmp_path: Path) -> None:
+    import grpc
+
+    from supervisor.core import Supervisor
+    from supervisor.http_gateway import _Abort, _Context
+    from supervisor.services import OperatorService
+    from tests.core.test_bad_input import hello
+    from trainer_sdk import _wire
+    from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+    async def main() -> None:
+        db = Database(tmp_path / "gone.db", writer="process")
+        core = Supervisor(db)
+        await core.start()
+        stream, run, _ = await core.open_session(hello(run="r").hello, "peer")
+        db._writer._proc.kill()
+        await asyncio.get_running_loop().run_in_executor(None, db._writer._receiver.join, 10)
+        request = pb.SetParamsRequest(run="r", changes=_wire.values_to_wire({"lr": 0.2}))
+        with pytest.raises(_Abort) as info:
+            await OperatorService(core).SetParams(request, _Context("test"))
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "exited with code -9; the supervisor can store nothing more: restart it" in info.value.details
+        assert (run.version, run.values["lr"]) == (0, 0.1)
+        core.close_session(stream)
+        await core.stop()
         db.close()
 
     asyncio.run(main())
