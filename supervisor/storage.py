@@ -767,16 +767,18 @@ class GroupWriter:
     """The write loop: commits whatever is queued as one group, with a lane for writes someone waits on.
 
     A job is (token, fn, args, kwargs); ``settle`` gets each group's tokens
-    with their results. ``Database`` runs it on a thread of its own, and the
-    writer process (``supervisor.write_process``) on one of its.
+    with their results. ``Database`` runs it on a thread of its own, fed by
+    ``put``; the writer process (``supervisor.write_process``) reads its jobs
+    from a pipe instead (``_collect``).
     """
 
     def __init__(self, store: Store, settle: Settle) -> None:
         self.store = store
         self._settle = settle
+        self._first: deque[Any] = deque()  # writes someone waits on
+        self._waiting: deque[Any] = deque()  # the others in order; a cut group's rest goes back to the front
         self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        """What wakes the writer: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
-        self._first: deque[Any] = deque()
+        """What ``put`` wakes the writer with: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
 
     def put(self, job: tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], first: bool) -> None:
         if first:
@@ -790,21 +792,13 @@ class GroupWriter:
         self._writes.put(None)
 
     def run(self) -> None:
-        waiting: deque[Any] = deque()  # jobs taken from the queue, or left over from a group cut short
         stop = False
         while True:
-            if not waiting and not self._first and not stop:
-                stop = self._take(self._writes.get(), waiting)
-            while True:
-                try:
-                    job = self._writes.get_nowait()
-                except queue.Empty:
-                    break
-                stop = self._take(job, waiting) or stop
+            stop = self._collect(block=not self._waiting and not self._first and not stop) or stop
             if self._first:
                 lane, cut = self._first, None
-            elif waiting:
-                lane, cut = waiting, self._first_waits
+            elif self._waiting:
+                lane, cut = self._waiting, self._cut
             elif stop:
                 return  # nothing is left to write
             else:
@@ -814,20 +808,31 @@ class GroupWriter:
                 results = self.store.run_group([(fn, args, kwargs) for _, fn, args, kwargs in group], cut)
             except BaseException as exc:  # the writer must outlive any one group
                 results = [_group_failure(exc) for _ in group]
-            waiting.extendleft(reversed(group[len(results):]))  # a cut group's rest goes first next time
+            self._waiting.extendleft(reversed(group[len(results):]))
             self._settle([(token, result) for (token, *_), result in zip(group[: len(results)], results, strict=True)])
 
-    def _first_waits(self) -> bool:
-        return bool(self._first)
+    def _collect(self, block: bool) -> bool:
+        """File the writes that came (waiting for something if ``block``); True once told to stop."""
+        stop = False
+        if block:
+            stop = self._file(self._writes.get())
+        while True:
+            try:
+                item = self._writes.get_nowait()
+            except queue.Empty:
+                return stop
+            stop = self._file(item) or stop
 
-    @staticmethod
-    def _take(item: Any, waiting: deque[Any]) -> bool:
-        """File one item from the queue; True if it says stop."""
+    def _file(self, item: Any) -> bool:
         if item is None:
             return True
         if item is not _FIRST:
-            waiting.append(item)
+            self._waiting.append(item)
         return False
+
+    def _cut(self) -> bool:
+        """Asked between a group's jobs: whether a write someone waits on has come."""
+        return bool(self._first)
 
 
 class Database:
@@ -930,11 +935,15 @@ def _group_failure(exc: BaseException) -> Exception:
 
 
 def _settle_by_loop(done: list[tuple[Any, Any]]) -> None:
-    """Hand each ((loop, future), result) to its future, on the future's loop."""
+    """Hand each ((loop, future), result) to its future, on the future's loop (at once when that is this one)."""
     by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
     for (loop, future), result in done:
         by_loop.setdefault(loop, []).append((future, result))
+    here = asyncio._get_running_loop()
     for loop, settled in by_loop.items():
+        if loop is here:
+            _settle(settled)
+            continue
         try:
             loop.call_soon_threadsafe(_settle, settled)
         except RuntimeError:  # that loop is closed: nobody waits for these

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import pickle
+import select
 import signal
 import struct
 import subprocess
@@ -53,12 +54,13 @@ _CHILD = (
 
 
 class WriterProcess:
-    """The supervisor's side: sends writes to the child, hands each result to ``settle`` with its token.
+    """The supervisor's side: sends writes to the child, and settles each one's future when its result comes.
 
-    ``put`` runs on an event loop's thread. A pipe write releases the GIL, and
-    taking it back can mean waiting for another thread's turn, so the frames of
-    one loop turn go together in one write at its end; a ``first`` write (an
-    operator waits on it) goes at once, after them.
+    Both directions avoid a thread's handoff. ``put`` runs on the event loop:
+    a pipe write releases the GIL, and taking it back can mean waiting for
+    another thread's turn, so the frames of one loop turn go together in one
+    write at its end (a ``first`` write, which an operator waits on, at once).
+    The results are read by the event loop itself, when the pipe is readable.
     """
 
     def __init__(self, path: str, settle: Settle) -> None:
@@ -68,6 +70,7 @@ class WriterProcess:
         self._send_lock = threading.Lock()
         self._outbox: list[tuple[int, bytes]] = []
         self._flush_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the one reading the results
         self._closing = False
         self._failure: str | None = None
         package_root = str(Path(__file__).resolve().parents[1])
@@ -78,17 +81,17 @@ class WriterProcess:
         )
         assert self._proc.stdin is not None and self._proc.stdout is not None
         self._to_child: IO[bytes] = self._proc.stdin
-        self._from_child: IO[bytes] = self._proc.stdout
-        _widen(self._to_child)
-        hello = _read_frame(self._from_child)
-        if hello is None or hello and hello[0] == "failed":
+        _widen(self._to_child.fileno())
+        self._results = _Frames(self._proc.stdout.fileno(), _LENGTH)
+        hello: list[Any] = []
+        while not hello and not self._results.ended:
+            hello = self._results.read(block=True)
+        if not hello or pickle.loads(hello[0][1]) != []:
+            detail = pickle.loads(hello[0][1])[1] if hello else "it exited before opening it"
             self._to_child.close()
-            self._from_child.close()
-            code = self._proc.wait()
-            detail = hello[1] if hello is not None else f"it exited with code {code} before opening it"
+            self._proc.stdout.close()
+            self._proc.wait()
             raise StoreError(f"the database writer process cannot use {path}: {detail}")
-        self._receiver = threading.Thread(target=self._receive, name="db-writer-results", daemon=True)
-        self._receiver.start()
 
     def put(self, job: tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], first: bool) -> None:
         token, fn, args, kwargs = job
@@ -97,6 +100,9 @@ class WriterProcess:
             raise TypeError(f"the database writer process runs Store methods only, not {fn!r}")
         if self._failure is not None:
             raise WriterUnavailable(f"not stored: {self._failure}")
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._read_on(loop)
         body = pickle.dumps((first, name, args, kwargs), pickle.HIGHEST_PROTOCOL)
         job_id = next(self._ids)
         self._pending[job_id] = token
@@ -105,7 +111,13 @@ class WriterProcess:
             self._flush()
         elif not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            loop.call_soon(self._flush)
+
+    def _read_on(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            raise RuntimeError("a Database with a writer process serves one event loop at a time")
+        loop.add_reader(self._results.fd, self._on_results)
+        self._loop = loop
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -119,31 +131,46 @@ class WriterProcess:
                 self._to_child.write(data)
                 self._to_child.flush()
         except (OSError, ValueError) as exc:  # the child is gone: these writes never reached it
-            lost = [(token, WriterUnavailable(f"not stored: the database writer process is gone ({exc})"))
-                    for token in (self._pending.pop(job_id, None) for job_id in job_ids) if token is not None]
-            if lost:
-                self._settle(lost)
+            self._fail(job_ids, WriterUnavailable(f"not stored: the database writer process is gone ({exc})"))
 
-    def _receive(self) -> None:
+    def _on_results(self) -> None:
+        """On the event loop, when the child has written: settle what came; notice when it has gone."""
         try:
-            while (done := _read_frame(self._from_child)) is not None:
-                self._settle([(self._pending.pop(job_id), result) for job_id, result in done])
+            self._take_results(self._results.read(block=False))
         except BaseException:  # a frame it cannot read: nothing after it can be trusted
             log.exception("the database writer process sent what the supervisor cannot read; stopping it")
             self._proc.kill()
-        finally:
+            self._results.ended = True
+        if self._results.ended and self._loop is not None:
+            self._loop.remove_reader(self._results.fd)
+            self._loop = None
+            self._exited()
+
+    def _take_results(self, frames: list[tuple[tuple[int, ...], bytes]]) -> None:
+        for _, body in frames:
+            self._settle([(self._pending.pop(job_id), result) for job_id, result in pickle.loads(body)])
+
+    def _exited(self) -> None:
+        """The child's output ended: wait for it, and fail every write it did not answer."""
+        try:
+            code = self._proc.wait(10)
+        except subprocess.TimeoutExpired:  # it closed its output and lives on: it cannot write for us any more
+            self._proc.kill()
             code = self._proc.wait()
-            if not self._closing or code != 0:
-                self._failure = f"the database writer process exited with code {code}"
-                log.error("%s: no write can be stored until the supervisor restarts", self._failure)
-            lost = [(self._pending.pop(job_id), WriterUnavailable(
-                f"not known to be stored: {self._failure or 'the database writer process exited'}"))
-                for job_id in list(self._pending)]
-            if lost:
-                self._settle(lost)
+        if not self._closing or code != 0:
+            self._failure = f"the database writer process exited with code {code}"
+            log.error("%s: no write can be stored until the supervisor restarts", self._failure)
+        self._fail(list(self._pending), WriterUnavailable(
+            f"not known to be stored: {self._failure or 'the database writer process exited'}"))
+
+    def _fail(self, job_ids: list[int], error: Exception) -> None:
+        lost = [(token, error) for token in (self._pending.pop(job_id, None) for job_id in job_ids)
+                if token is not None]
+        if lost:
+            self._settle(lost)
 
     def close(self) -> None:
-        """Send what is left and the stop, wait for the child to store it all, and for its results."""
+        """Send what is left and the stop, and wait until the child has stored it all and answered."""
         self._closing = True
         sent, self._outbox = self._outbox, []
         self._send(b"".join(frame for _, frame in sent) + _JOB.pack(0, 0), [job_id for job_id, _ in sent])
@@ -152,27 +179,101 @@ class WriterProcess:
                 self._to_child.close()
             except OSError:
                 pass
-        self._receiver.join()
-        self._from_child.close()
+        self._stop_reading_on_the_loop()
+        while not self._results.ended:
+            self._take_results(self._results.read(block=True))
+        self._exited()
+        assert self._proc.stdout is not None
+        self._proc.stdout.close()
+
+    def _stop_reading_on_the_loop(self) -> None:
+        """From here on ``close`` reads the results; the loop's reader must be gone first, from the loop's thread."""
+        loop, self._loop = self._loop, None
+        if loop is None or loop.is_closed() or self._results.ended:
+            return
+        if not loop.is_running() or asyncio._get_running_loop() is loop:
+            loop.remove_reader(self._results.fd)
+            return
+        removed = threading.Event()
+
+        def remove() -> None:
+            loop.remove_reader(self._results.fd)
+            removed.set()
+
+        loop.call_soon_threadsafe(remove)
+        removed.wait()
+
+
+class _Frames:
+    """Whole frames from a pipe read without blocking: each as (its header's fields, its body)."""
+
+    def __init__(self, fd: int, header: struct.Struct) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self.header = header
+        self.buffer = bytearray()
+        self.ended = False
+
+    def read(self, block: bool) -> list[tuple[tuple[int, ...], bytes]]:
+        """The frames complete so far; with ``block``, wait until something (or the end) comes first."""
+        if block and not self.ended:
+            select.select([self.fd], [], [])
+        while not self.ended:
+            try:
+                chunk = os.read(self.fd, _PIPE_BYTES)
+            except BlockingIOError:
+                break
+            if not chunk:
+                self.ended = True
+            self.buffer += chunk
+        frames, start, size = [], 0, self.header.size
+        while len(self.buffer) - start >= size:
+            fields = self.header.unpack_from(self.buffer, start)
+            end = start + size + fields[0]
+            if end > len(self.buffer):
+                break
+            frames.append((fields, bytes(self.buffer[start + size : end])))
+            start = end
+        del self.buffer[:start]
+        return frames
+
+
+class _PipeWriter(GroupWriter):
+    """The child's writer: one thread that reads its jobs from the pipe and commits them.
+
+    Between a group's jobs it reads what has come, so a ``first`` write that
+    arrives mid-group cuts the group as it does in the supervisor's thread.
+    """
+
+    def __init__(self, store: Store, settle: Settle, jobs: _Frames) -> None:
+        super().__init__(store, settle)
+        self._jobs = jobs
+        self._told_to_stop = False
+
+    def _collect(self, block: bool) -> bool:
+        for (size, job_id), body in self._jobs.read(block and not self._told_to_stop):
+            if size == 0:
+                self._told_to_stop = True
+                continue
+            try:
+                first, name, args, kwargs = pickle.loads(body)
+                job = (job_id, getattr(Store, name), args, kwargs)
+            except Exception as exc:  # this write fails alone, with what was wrong
+                self._settle([(job_id, RuntimeError(f"the database writer process cannot read this write: {exc!r}"))])
+                continue
+            (self._first if first else self._waiting).append(job)
+        if self._jobs.ended and not self._told_to_stop:
+            os._exit(0)  # the supervisor is gone: store nothing more (a transaction in progress rolls back)
+        return self._told_to_stop
+
+    def _cut(self) -> bool:
+        self._collect(block=False)
+        return bool(self._first)
 
 
 def _frame(message: Any) -> bytes:
     body = pickle.dumps(message, pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(body)) + body
-
-
-def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
-    data = stream.read(size)
-    return data if len(data) == size else None
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    """The next message, or None at the end of the stream."""
-    header = _read_exactly(stream, _LENGTH.size)
-    if header is None:
-        return None
-    body = _read_exactly(stream, _LENGTH.unpack(header)[0])
-    return None if body is None else pickle.loads(body)
 
 
 def _results_frame(done: list[tuple[Any, Any]]) -> bytes:
@@ -190,11 +291,11 @@ def _results_frame(done: list[tuple[Any, Any]]) -> bytes:
         return _frame(kept)
 
 
-def _widen(pipe: IO[bytes]) -> None:
+def _widen(fd: int) -> None:
     try:
         import fcntl
 
-        fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
     except (ImportError, AttributeError, OSError):  # not Linux, or above the system's limit: the default will do
         pass
 
@@ -207,45 +308,23 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # a stray print goes to stderr, never into the frames
-    _widen(out)
+    _widen(out.fileno())
     try:
         store = Store(argv[0])
     except Exception as exc:  # whatever it is, the supervisor reports it
         out.write(_frame(("failed", str(exc))))
         out.flush()
         return 1
-    out_lock = threading.Lock()
 
     def send(done: list[tuple[Any, Any]]) -> None:
-        frame = _results_frame(done)
-        with out_lock:
-            out.write(frame)
-            out.flush()
+        out.write(_results_frame(done))
+        out.flush()
 
-    writer = GroupWriter(store, _exit_on_failure(send))
     send([])  # any frame but "failed" says ready: the supervisor reads the first one as its hello
-    thread = threading.Thread(target=_exit_on_failure(writer.run), name="db-writer")
-    thread.start()
-    inp = sys.stdin.buffer
-    while (header := _read_exactly(inp, _JOB.size)) is not None:
-        size, job_id = _JOB.unpack(header)
-        if size == 0:
-            writer.stop()
-            thread.join()
-            store.close()
-            out.close()
-            return 0
-        body = _read_exactly(inp, size)
-        if body is None:
-            break
-        try:
-            first, name, args, kwargs = pickle.loads(body)
-            fn = getattr(Store, name)
-        except Exception as exc:  # this write fails alone, with what was wrong
-            send([(job_id, RuntimeError(f"the database writer process cannot read this write: {exc!r}"))])
-            continue
-        writer.put((job_id, fn, args, kwargs), first)
-    os._exit(0)  # the supervisor is gone: store nothing more (a transaction in progress rolls back)
+    _exit_on_failure(_PipeWriter(store, send, _Frames(sys.stdin.fileno(), _JOB)).run)()
+    store.close()
+    out.close()
+    return 0
 
 
 def _exit_on_failure(fn: Callable[..., None]) -> Callable[..., None]:
