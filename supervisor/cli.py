@@ -212,10 +212,11 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--db-writer",
-            choices=("process", "thread"),
-            default="process",
-            help="where the database's writes run (default: a process of their own, whose SQLite statements never "
-            "wait for this one's busy interpreter; thread: inside this process, one process fewer)",
+            choices=("thread", "process"),
+            default="thread",
+            help="where the database's writes run: thread (default) or process, a child process whose SQLite "
+            "statements never wait for this one's busy interpreter; for a host with a core to spare (BENCHMARKS.md, "
+            "benchmark 5: on 2 shared cores it was no faster under load, and 0.15 ms slower per write when idle)",
         )
         p.add_argument(
             "--token", default=None, help="require this token from every client (default: $SUPERVISOR_TOKEN)"

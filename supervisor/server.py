@@ -59,8 +59,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 50051
     db: Path = Path("supervisor.db")
-    db_writer: str = "process"
-    """Where the database's writes run: "process" (a child of this one, the default) or "thread"; see ``Database``."""
+    db_writer: str = "thread"
+    """Where the database's writes run: "thread" (in this process) or "process" (a child of it); see ``Database``."""
     token: str | None = None
     metrics_host: str | None = None
     metrics_port: int | None = None

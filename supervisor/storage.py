@@ -7,9 +7,9 @@ queries while the writer commits. A change is committed with
 ``NORMAL``, which survives a killed process (the case that matters here) and
 loses at most the last commits on power loss, which trainers then resend.
 
-All methods are synchronous; the server calls them from one writer (a process
-of its own by default, see ``supervisor.write_process``) and one reader thread
-(see ``Database``). The writer commits whatever is queued together: one
+All methods are synchronous; the server calls them from one writer (a thread,
+or with ``--db-writer process`` a child process, see ``supervisor.write_process``)
+and one reader thread (see ``Database``). The writer commits whatever is queued together: one
 transaction (and at most one fsync) for all the changes, acknowledgements and
 metric rounds that arrived while the last one committed.
 """

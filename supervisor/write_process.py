@@ -5,8 +5,8 @@ load the supervisor's event loop holds it most of the time, so a commit made on
 one of the supervisor's threads waits its turn once per statement: 19 to 35 ms
 of an operator's change at a thousand streams (BENCHMARKS.md, benchmark 5). In
 a process of its own the writer's statements wait for nobody. The supervisor
-pays a pickle per write and a pipe write per event-loop turn that wrote, and
-one thread handoff per commit.
+pays a pickle per write, a pipe write per event-loop turn that wrote, and a
+pipe read per commit, all on its event loop: no thread of its own takes the GIL.
 
 The child speaks on its stdin and stdout. In: a job is a header (body length,
 job id) and a pickled ``(first, Store method name, args, kwargs)``; a header

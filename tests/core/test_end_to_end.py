@@ -6,6 +6,7 @@ import json
 import math
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -110,10 +111,34 @@ def test_metric_stream_is_complete_and_keeps_non_finite_values(supervisor, train
     assert run["points_received"] == 300 and run["outcome"] == "completed"
 
 
-def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers):
+def _writer_processes(db: Path) -> list[int]:
+    """The pids of database writer processes (``--db-writer process``) writing ``db``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"supervisor.write_process" in cmdline and str(db).encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (an exited orphan may linger as a zombie until init reaps it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("writer", ["thread", "process"])
+def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers, writer):
     port = free_port()
     db = tmp_path / "durable.db"
-    first = supervisor_factory(db, port=port)
+    first = supervisor_factory(db, port=port, args=("--db-writer", writer))
+    orphans = _writer_processes(db)
+    assert len(orphans) == (writer == "process")
     # Long enough to outlive the outage and a slow restart: a trainer that finished and said goodbye
     # before the second supervisor's first `runs` would never show as reconnected.
     trainer = trainers("--run", "crash", "--address", first.address, "--steps", "1500", "--sleep", "0.005")
@@ -122,7 +147,9 @@ def test_kill_9_and_restart_loses_nothing(tmp_path, supervisor_factory, trainers
     down_since = time.time()
     first.kill()  # SIGKILL mid-run: nothing graceful
     time.sleep(1.0)  # the trainer keeps training meanwhile
-    second = supervisor_factory(db, port=port)
+    # its writer process, if any, went with it: nothing lands in the file behind the next supervisor
+    wait_until(lambda: not any(map(_running, orphans)), message="the writer process exited")
+    second = supervisor_factory(db, port=port, args=("--db-writer", writer))
     back_at = time.time()
     wait_until(lambda: runs_by_name(second).get("crash", {}).get("connected"), message="trainer reconnected")
     second.cli("set", "crash", "lr=0.02", "--wait")
