@@ -289,6 +289,7 @@ def run_size(n: int, *, warmup: float, window: float, out_dir: Path, profile: bo
         res["prober_cpu_cores"] = (me1 - me0) / (t1 - t0)
         res["supervisor_event_loop_cpu_cores"] = (loop1 - loop0) / (t1 - t0)
         res["db_writer_cpu_cores"] = (writer1 - writer0) / (t1 - t0)
+        res["db_writer_processes"] = len(writers)
         stop.set()
         prober.join(30)
         res["rss_peak_mib"] = sum(rss_peak_mib(pid) for pid in pids)  # every process's peak, added up
@@ -340,6 +341,14 @@ def _rate_in_window(gen_stats: list[dict[str, Any]], key: str, t0: float, t1: fl
         if len(inside) >= 2:
             total += float(np.polyfit([s["t"] - t0 for s in inside], [s[key] for s in inside], 1)[0])
     return total
+
+
+def _writer_note(r: dict[str, Any], shards: int) -> str:
+    """The database writer processes' CPU, where the supervisor ran with ``--db-writer process``."""
+    if not r.get("db_writer_processes"):
+        return ""
+    whose = "their database writer processes" if shards > 1 else "its database writer process"
+    return f", {whose} {r['db_writer_cpu_cores']:.2f}"
 
 
 def _profile_the_wave(sup: SupervisorProcess, out_dir: Path, budget: float, spy: dict[str, Any]) -> None:
@@ -505,8 +514,7 @@ def run(quick: bool, out: Path | None = None) -> Result:
                         f"supervisor CPU-second; "
                         f"{'their event-loop threads together' if shards > 1 else 'its event-loop thread'} "
                         f"{r['supervisor_event_loop_cpu_cores']:.2f} "
-                        f"cores, {'their' if shards > 1 else 'its'} database writer process"
-                        f"{'es' if shards > 1 else ''} {r.get('db_writer_cpu_cores', 0.0):.2f}; load generators "
+                        f"cores{_writer_note(r, shards)}; load generators "
                         f"{r['loadgen_cpu_cores']:.2f} cores and the prober {r['prober_cpu_cores']:.2f} on the same 2 "
                         f"CPUs, machine busy {r['machine_usage']['busy']:.0%}; reference Python loop "
                         f"{r['python_loop_ms']:.1f} ms just before; "
