@@ -190,6 +190,28 @@ def test_shards_are_stopped_with_the_front_door(tmp_path, supervisor_factory):
     wait_until(lambda: all(gone(pid) for pid in children), timeout=15, message="every shard stopped")
 
 
+def test_with_db_writer_process_each_shard_writes_through_its_own_and_stops_it(tmp_path, supervisor_factory,
+                                                                              trainers):
+    from supervisor.storage import Store
+    from tests.core.test_end_to_end import _running, _writer_processes
+
+    db = tmp_path / "sup.db"
+    front = supervisor_factory(db, args=("--shards", "2", "--db-writer", "process"))
+    writers = [_writer_processes(shard_db(db, k)) for k in (0, 1)]
+    assert [len(found) for found in writers] == [1, 1], writers
+    run = run_owned_by(1, 2, "written")
+    trainer = trainers("--run", run, "--address", front.address, "--steps", "400", "--sleep", "0.005")
+    trainer.wait_for("connected")
+    front.cli("set", run, "lr=0.04", "--wait")
+    assert front.terminate() == 0
+    wait_until(lambda: not any(_running(pid) for found in writers for pid in found), timeout=15,
+               message="every writer process stopped")
+    shard = Store(shard_db(db, 1))
+    [row] = shard.load_runs()
+    assert (row.name, row.version, row.values["lr"]) == (run, 1, 0.04)  # stored by shard 1's writer process
+    shard.close()
+
+
 @pytest.mark.parametrize("value", ["0", "65", "two"])
 def test_a_bad_shard_count_is_refused_by_name(tmp_path, value):
     result = subprocess.run([*SUPERVISOR, "serve", "--shards", value, "--db", str(tmp_path / "x.db")],
