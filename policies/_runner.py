@@ -125,18 +125,28 @@ class PolicyRunner:
 
     def state_dict(self) -> dict[str, Any]:
         """The policy's state plus the failure counter; strict JSON (no NaN / inf)."""
-        try:
-            policy_state = self.policy.state_dict()
-            json.dumps(policy_state, allow_nan=False)
-        except Exception as exc:
-            raise PolicyError(
-                f"policy {self.policy_id!r}: state_dict() did not return strict JSON data: {type(exc).__name__}: {exc}"
-            ) from exc
+        policy_state, _ = self._policy_state()
         return {
             "policy": policy_state,
             "failures": self._failures,
             "disabled_reason": self._disabled_reason,
         }
+
+    def state_json(self) -> str:
+        """``state_dict()`` as the JSON text it is stored as: the policy's state is encoded once, by its check."""
+        _, policy_json = self._policy_state()
+        rest = json.dumps({"failures": self._failures, "disabled_reason": self._disabled_reason})
+        return f'{{"policy": {policy_json}, {rest[1:]}'
+
+    def _policy_state(self) -> tuple[Any, str]:
+        """The policy's state and its JSON text, or a PolicyError if it is not strict JSON."""
+        try:
+            policy_state = self.policy.state_dict()
+            return policy_state, json.dumps(policy_state, allow_nan=False)
+        except Exception as exc:
+            raise PolicyError(
+                f"policy {self.policy_id!r}: state_dict() did not return strict JSON data: {type(exc).__name__}: {exc}"
+            ) from exc
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         try:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections import Counter
@@ -143,7 +142,7 @@ class IngestWriter:
         self._room = asyncio.Event()
         self._room.set()
         self._task: asyncio.Task[None] | None = None
-        self._states: dict[tuple[str, str], Any] = {}
+        self._states: dict[tuple[str, str], str] = {}  # (policy, scope) -> state as JSON text
         self._acks: list[tuple[AckRecord, asyncio.Future[list[tuple[int, float]]]]] = []
         self._uncommitted: Counter[str] = Counter()  # per trainer session id: batches submitted, not committed
         self._committed = asyncio.Condition()
@@ -173,8 +172,8 @@ class IngestWriter:
         async with self._committed:
             await self._committed.wait_for(lambda: not self._uncommitted[session_id])
 
-    def save_states(self, items: list[tuple[str, str, Any]]) -> None:
-        """Persist policy state with the next commit (later saves of one key replace earlier ones)."""
+    def save_states(self, items: list[tuple[str, str, str]]) -> None:
+        """Persist (policy, scope, state as JSON text) with the next commit; a later save of a key replaces it."""
         for policy, scope, state in items:
             self._states[(policy, scope)] = state
         self._wakeup.set()
@@ -202,8 +201,7 @@ class IngestWriter:
                 newly = await self._db.write(
                     Store.insert_metrics,
                     [(i.run_id, i.stream.rank, i.stream.session_key, i.dropped_total, i.columns) for i in items],
-                    # as JSON text: a writer process takes pickles, and a state is only promised to be JSON
-                    [(policy, scope, json.dumps(state)) for (policy, scope), state in states.items()],
+                    [(policy, scope, state) for (policy, scope), state in states.items()],
                     [ack for ack, _ in acks],
                 )
             except asyncio.CancelledError:
@@ -242,7 +240,7 @@ class IngestWriter:
     def _put_back(
         self,
         items: list[IngestItem],
-        states: dict[tuple[str, str], Any],
+        states: dict[tuple[str, str], str],
         acks: list[tuple[AckRecord, asyncio.Future[list[tuple[int, float]]]]],
     ) -> None:
         """A failed round's writes go back in front of what came meanwhile (a newer policy state wins)."""

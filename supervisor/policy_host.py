@@ -17,6 +17,7 @@ SQLite file, so a restarted supervisor resumes each policy where it was.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
 import threading
@@ -644,14 +645,14 @@ class PolicyHost:
     # -- state ------------------------------------------------------------------------------------
 
     async def _save(self, name: str) -> None:
-        items: list[tuple[str, str, Any]] = [
-            (runner.policy_id, "*" if runner.scope == "population" else name, runner.state_dict())
+        items = [  # as JSON text: a writer process takes pickles, and a state is only promised to be JSON
+            (runner.policy_id, "*" if runner.scope == "population" else name, runner.state_json())
             for runner in self.engine.runners_for(name)
         ]
         attached = [runner.policy_id for runner in self.engine.runners_for(name)]
         if self._attached_saved.get(name) != attached:  # saved when it changes, not with every round
             self._attached_saved[name] = attached
-            items.append((_ATTACHED, name, attached))
+            items.append((_ATTACHED, name, json.dumps(attached)))
         self.core.writer.save_states(items)  # committed with the next metrics round
 
     async def _ensure_history(self, run: RunState, view: LiveRunView, first_step: int) -> None:

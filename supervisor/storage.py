@@ -767,9 +767,9 @@ class GroupWriter:
     """The write loop: commits whatever is queued as one group, with a lane for writes someone waits on.
 
     A job is (token, fn, args, kwargs); ``settle`` gets each group's tokens
-    with their results. ``Database`` runs it on a thread of its own, fed by
-    ``put``; the writer process (``supervisor.write_process``) reads its jobs
-    from a pipe instead (``_collect``).
+    with their results. Subclasses say where jobs come from (``_collect``):
+    ``Database``'s thread takes them from a queue, the writer process
+    (``supervisor.write_process``) reads them from a pipe.
     """
 
     def __init__(self, store: Store, settle: Settle) -> None:
@@ -777,21 +777,9 @@ class GroupWriter:
         self._settle = settle
         self._first: deque[Any] = deque()  # writes someone waits on
         self._waiting: deque[Any] = deque()  # the others in order; a cut group's rest goes back to the front
-        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        """What ``put`` wakes the writer with: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
-
-    def put(self, job: tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], first: bool) -> None:
-        if first:
-            self._first.append(job)
-            self._writes.put(_FIRST)
-        else:
-            self._writes.put(job)
-
-    def stop(self) -> None:
-        """Make ``run`` return once every write queued before this is stored."""
-        self._writes.put(None)
 
     def run(self) -> None:
+        """Commit groups until told to stop and nothing is left."""
         stop = False
         while True:
             stop = self._collect(block=not self._waiting and not self._first and not stop) or stop
@@ -802,7 +790,7 @@ class GroupWriter:
             elif stop:
                 return  # nothing is left to write
             else:
-                continue  # woken by the mark of a write_first that an earlier group already took
+                continue  # woken by nothing to write (the mark of a write_first an earlier group already took)
             group = [lane.popleft() for _ in range(min(len(lane), MAX_WRITES_PER_COMMIT))]
             try:
                 results = self.store.run_group([(fn, args, kwargs) for _, fn, args, kwargs in group], cut)
@@ -812,23 +800,9 @@ class GroupWriter:
             self._settle([(token, result) for (token, *_), result in zip(group[: len(results)], results, strict=True)])
 
     def _collect(self, block: bool) -> bool:
-        """File the writes that came (waiting for something if ``block``); True once told to stop."""
-        stop = False
-        if block:
-            stop = self._file(self._writes.get())
-        while True:
-            try:
-                item = self._writes.get_nowait()
-            except queue.Empty:
-                return stop
-            stop = self._file(item) or stop
-
-    def _file(self, item: Any) -> bool:
-        if item is None:
-            return True
-        if item is not _FIRST:
-            self._waiting.append(item)
-        return False
+        """File the jobs that came into ``_first`` and ``_waiting`` (waiting for something if ``block``);
+        True once told to stop."""
+        raise NotImplementedError
 
     def _cut(self) -> bool:
         """Asked between a group's jobs: whether a write someone waits on has come."""
@@ -914,14 +888,44 @@ class Database:
 
 
 class _WriterThread(GroupWriter):
+    """The writer on a thread of this process, fed through a queue."""
+
     def __init__(self, store: Store, settle: Settle) -> None:
         super().__init__(store, settle)
+        self._writes: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        """What wakes the writer: a job, ``_FIRST`` (one waits in ``_first``), or None to stop."""
         self._thread = threading.Thread(target=self.run, name="db-writer", daemon=True)
         self._thread.start()
 
+    def put(self, job: tuple[Any, Callable[..., Any], tuple[Any, ...], dict[str, Any]], first: bool) -> None:
+        if first:
+            self._first.append(job)
+            self._writes.put(_FIRST)
+        else:
+            self._writes.put(job)
+
     def close(self) -> None:
-        self.stop()
+        """Return once every write queued before this is stored."""
+        self._writes.put(None)
         self._thread.join()
+
+    def _collect(self, block: bool) -> bool:
+        stop = False
+        if block:
+            stop = self._file(self._writes.get())
+        while True:
+            try:
+                item = self._writes.get_nowait()
+            except queue.Empty:
+                return stop
+            stop = self._file(item) or stop
+
+    def _file(self, item: Any) -> bool:
+        if item is None:
+            return True
+        if item is not _FIRST:
+            self._waiting.append(item)
+        return False
 
 
 _FIRST = object()

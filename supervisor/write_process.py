@@ -83,11 +83,12 @@ class WriterProcess:
         self._to_child: IO[bytes] = self._proc.stdin
         _widen(self._to_child.fileno())
         self._results = _Frames(self._proc.stdout.fileno(), _LENGTH)
-        hello: list[Any] = []
-        while not hello and not self._results.ended:
-            hello = self._results.read(block=True)
-        if not hello or pickle.loads(hello[0][1]) != []:
-            detail = pickle.loads(hello[0][1])[1] if hello else "it exited before opening it"
+        frames: list[Any] = []
+        while not frames and not self._results.ended:
+            frames = self._results.read(block=True)
+        hello = pickle.loads(frames[0][1]) if frames else ("failed", "it exited before opening it")
+        if hello != []:  # any frame but ("failed", why) says ready
+            detail = hello[1]
             self._to_child.close()
             self._proc.stdout.close()
             self._proc.wait()
@@ -172,8 +173,8 @@ class WriterProcess:
     def close(self) -> None:
         """Send what is left and the stop, and wait until the child has stored it all and answered."""
         self._closing = True
-        sent, self._outbox = self._outbox, []
-        self._send(b"".join(frame for _, frame in sent) + _JOB.pack(0, 0), [job_id for job_id, _ in sent])
+        self._flush()
+        self._send(_JOB.pack(0, 0), [])  # the stop
         with self._send_lock:
             try:
                 self._to_child.close()
@@ -251,7 +252,7 @@ class _PipeWriter(GroupWriter):
         self._told_to_stop = False
 
     def _collect(self, block: bool) -> bool:
-        for (size, job_id), body in self._jobs.read(block and not self._told_to_stop):
+        for (size, job_id), body in self._jobs.read(block):
             if size == 0:
                 self._told_to_stop = True
                 continue
@@ -321,20 +322,11 @@ def main(argv: list[str]) -> int:
         out.flush()
 
     send([])  # any frame but "failed" says ready: the supervisor reads the first one as its hello
-    _exit_on_failure(_PipeWriter(store, send, _Frames(sys.stdin.fileno(), _JOB)).run)()
+    try:
+        _PipeWriter(store, send, _Frames(sys.stdin.fileno(), _JOB)).run()
+    except BaseException:  # exit, so the supervisor fails what it waits for instead of waiting forever
+        traceback.print_exc()
+        os._exit(1)
     store.close()
     out.close()
     return 0
-
-
-def _exit_on_failure(fn: Callable[..., None]) -> Callable[..., None]:
-    """The writer's threads must not die alone: the supervisor would wait for results forever."""
-
-    def run(*args: Any) -> None:
-        try:
-            fn(*args)
-        except BaseException:
-            traceback.print_exc()
-            os._exit(1)
-
-    return run

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from policies import (
@@ -158,6 +160,17 @@ def test_state_dict_holds_failures_and_policy_state():
     restored.load_state_dict(state)
     restored.observe(point("r1", 3), run)
     assert restored.disabled and restored.policy.n == 3
+
+
+def test_state_json_is_the_state_dict_as_stored():
+    class Stateful(Scripted):
+        def state_dict(self):
+            return {"seen": [1.5, "a"], "note": None}
+
+    runner = PolicyRunner(Stateful(RuntimeError("boom")), policy_id="s", max_failures=3)
+    runner.observe(point("r1", 1), make_run())
+    assert json.loads(runner.state_json()) == runner.state_dict() == {
+        "policy": {"seen": [1.5, "a"], "note": None}, "failures": 1, "disabled_reason": None}
 
 
 def test_state_dict_must_be_strict_json():
