@@ -74,6 +74,27 @@ class SidecarTransport(Transport):
         ship again."""
         return super()._points_coming() or time.monotonic() - self.points_at < self.flush_interval
 
+    def take_points(self, overflow: int, points: list[Any], ship: int) -> None:
+        """Queue a shipment from the trainer (``overflow``: what it dropped so far) and send it as ``ship`` says."""
+        state = self.state
+        if ship == SHIP_AND_TELL:
+            self.want_ack()  # a flush waits for the receipt: the batch these points go in asks for it
+        with self.relay_lock:
+            room = state.buffer_size - len(state.queue)
+            if len(points) > room:
+                self.relay_overflow += len(points) - room
+            state.overflow = overflow + self.relay_overflow
+            state.queue.extend(points)  # a deque with maxlen: the oldest go first
+            self.points_received += len(points)
+            if points:  # a shipment with none (the trainer's timer came due in a quiet loop) promises nothing
+                self.points_at = time.monotonic()
+                state.last_step = points[-1][0]
+        if ship != SHIP_IN_TIME:
+            self.request_flush()
+        elif state.pump_idle:
+            state.poke()
+        self.push_status(tell_stored=ship == SHIP_AND_TELL)
+
     def push_status(self, tell_stored: bool = False) -> None:
         """Publish the counts, and tell the trainer what it reads between shipments or waits for.
 
@@ -134,23 +155,7 @@ def relay(link: BlockingLink, transport: SidecarTransport) -> None:
         kind = message[0]
         if kind == "points":
             _, overflow, points, ship = message
-            if ship == SHIP_AND_TELL:
-                transport.want_ack()  # a flush waits for the receipt: the batch these points go in asks for it
-            with transport.relay_lock:
-                room = state.buffer_size - len(state.queue)
-                if len(points) > room:
-                    transport.relay_overflow += len(points) - room
-                state.overflow = overflow + transport.relay_overflow
-                state.queue.extend(points)  # a deque with maxlen: the oldest go first
-                transport.points_received += len(points)
-                transport.points_at = time.monotonic()
-                if points:
-                    state.last_step = points[-1][0]
-            if ship != SHIP_IN_TIME:
-                transport.request_flush()
-            elif state.pump_idle:
-                state.poke()
-            transport.push_status(tell_stored=ship == SHIP_AND_TELL)
+            transport.take_points(overflow, points, ship)
         elif kind == "acks":
             _, acks, version, values = message
             with state.apply_lock:

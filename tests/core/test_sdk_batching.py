@@ -3,22 +3,30 @@
 from __future__ import annotations
 
 import queue
+import socket
 import time
 
+import pytest
+
 from trainer_sdk import Float
-from trainer_sdk._state import ConnectOptions, Delta, SessionState
+from trainer_sdk._link import BELL_SIZE, SHIP_IN_TIME, BlockingLink
+from trainer_sdk._sidecar import RelayState, SidecarTransport
+from trainer_sdk._state import Ack, ConnectOptions, Delta, SessionState
 from trainer_sdk._transport import _METRICS, Transport
 from trainer_sdk.protocol.v1 import supervisor_pb2 as pb
+
+
+def _options(flush_interval: float) -> ConnectOptions:
+    return ConnectOptions(
+        address="127.0.0.1:1", session_id="s", token=None, flush_interval=flush_interval, backoff_max=1.0
+    )
 
 
 def _transport(buffer_size: int = 5000, flush_interval: float = 0.0) -> Transport:
     state = SessionState(
         run="r", rank=0, world_size=1, params={"lr": Float(0.1)}, values={"lr": 0.1}, buffer_size=buffer_size
     )
-    options = ConnectOptions(
-        address="127.0.0.1:1", session_id="s", token=None, flush_interval=flush_interval, backoff_max=1.0
-    )
-    transport = Transport(state, options)
+    transport = Transport(state, _options(flush_interval))
     transport._outbox = queue.SimpleQueue()
     return transport
 
@@ -172,3 +180,38 @@ def test_a_closing_session_does_not_keep_an_acknowledgement_for_a_batch_that_may
     transport.stopping.set()  # close(): the last batches may never be sent
     transport._send()
     assert _applied_alone(transport._outbox) == 1
+
+
+@pytest.fixture
+def sidecar():
+    """The process transport's sidecar side, its link to the trainer a socket pair; gRPC never started."""
+    ours, trainers = socket.socketpair()
+    state = RelayState(run="r", rank=0, world_size=1, params={"lr": Float(0.1)}, values={"lr": 0.1}, buffer_size=5000)
+    state.link = BlockingLink(ours, bytearray(BELL_SIZE))
+    transport = SidecarTransport(state, state.link, _options(flush_interval=10.0))
+    transport._outbox = queue.SimpleQueue()
+    yield transport
+    ours.close()
+    trainers.close()
+
+
+def _policy_change_applied(transport: Transport) -> None:
+    """The trainer applied a policy's change and acknowledged it (``ack_with_metrics``), as its "acks" message says."""
+    transport.state.acks.append(Ack(version=1, step=5, time=time.time(), with_metrics=True))
+    transport._send()
+
+
+def test_the_sidecar_holds_an_acknowledgement_for_a_trainer_that_ships_points(sidecar) -> None:
+    sidecar.take_points(0, [(5, time.time(), {"loss": 1.0})], SHIP_IN_TIME)
+    sidecar._drain()
+    sidecar._send()
+    assert _sent(sidecar._outbox) == [_METRICS]
+    sidecar._unsent_batches(sidecar._outbox)  # gRPC took the batch: nothing is queued or unsent now
+    _policy_change_applied(sidecar)
+    assert _sent(sidecar._outbox) == [] and sidecar._held_ack is not None  # its next shipment will carry it
+
+
+def test_the_sidecar_does_not_hold_an_acknowledgement_for_a_shipment_without_points(sidecar) -> None:
+    sidecar.take_points(0, [], SHIP_IN_TIME)  # the trainer's timer came due in a loop that reports nothing
+    _policy_change_applied(sidecar)
+    assert _applied_alone(sidecar._outbox) == 1
