@@ -7,6 +7,7 @@ only ratios and distributions mean anything; one absolute time does not).
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import subprocess
@@ -132,6 +133,17 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
             continue
         out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
     return out
+
+
+def cpu_wait_seconds(pid: int, tid: int) -> float:
+    """How long thread ``tid`` of ``pid`` has been runnable but waiting for a CPU (the kernel's schedstat).
+
+    Not the GIL: a thread waiting for the GIL sleeps. NaN where the kernel does not keep the statistics.
+    """
+    try:
+        return int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
 
 
 def rss_peak_mib(pid: int) -> float:
