@@ -645,11 +645,12 @@ class PolicyHost:
     # -- state ------------------------------------------------------------------------------------
 
     async def _save(self, name: str) -> None:
+        runners = self.engine.runners_for(name)
         items = [  # as JSON text: a writer process takes pickles, and a state is only promised to be JSON
             (runner.policy_id, "*" if runner.scope == "population" else name, runner.state_json())
-            for runner in self.engine.runners_for(name)
+            for runner in runners
         ]
-        attached = [runner.policy_id for runner in self.engine.runners_for(name)]
+        attached = [runner.policy_id for runner in runners]
         if self._attached_saved.get(name) != attached:  # saved when it changes, not with every round
             self._attached_saved[name] = attached
             items.append((_ATTACHED, name, json.dumps(attached)))
